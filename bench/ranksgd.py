@@ -1,0 +1,157 @@
+"""Benchmark: ZO-RankSGD vs CMA-ES fed only ranks vs best-of-m random search (in-process).
+
+Problem: sphere f(x) = ||x||², x0 = 1 (f(x0) = d), exact simulated (m, k) = (10, 5) oracle.
+Budgets are in ORACLE CALLS (one ranking query = one call, whatever it shows):
+
+* ZO-RankSGD (default config: Algorithm 1 + line search): an estimate round shows m = 10
+  points ranked top-5; the line-search round shows L + 1 = 9 points, top-1. Each counts as one
+  call, so an iteration costs two.
+* CMA-ES (``cma``, popsize = m = 10): one generation = one (10, 5) call. CMA only sees the rank
+  positions as fitness (0..4 for the top five, 5 for every unranked point); its default
+  recombination uses exactly the top mu = 5. Active CMA is off because the unranked tail is tied.
+  Full covariance at d = 100; diagonal (sep-CMA) at d = 10 000, where full covariance is infeasible.
+* Random search: each call shows the incumbent plus m − 1 = 9 points x + σξ and keeps the
+  oracle's top-1 (an (10, 1) call). σ is the best of a small grid (tuned on the same seeds).
+
+Monitoring f at the iterate (ZO-RankSGD x, CMA mean, RS incumbent) is free: it is not a query.
+The last output line is one JSON object. Run: ``OMP_NUM_THREADS=1 python bench/ranksgd.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "client")]
+
+import warnings  # noqa: E402
+
+warnings.filterwarnings("ignore", message="Could not import matplotlib")  # cma's optional plotting
+import cma  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from workers.algorithms.base import Answer  # noqa: E402
+from workers.algorithms.rank_sgd import ZORankSGD  # noqa: E402
+from workers.algorithms.ranking import rank_by_values  # noqa: E402
+from zoserve.models.ranking import ZORankSGDConfig  # noqa: E402
+
+M, K, TARGET = 10, 5, 1.0
+Trace = tuple[float, int | None, float]  # final f, calls to reach TARGET (None: never), seconds per call
+
+
+def sphere(points: torch.Tensor) -> torch.Tensor:
+    return (points**2).sum(dim=1)
+
+
+def run_ranksgd(d: int, calls: int, seed: int) -> Trace:
+    """ZO-RankSGD with the default ``ZORankSGDConfig``."""
+    alg = ZORankSGD(m=M, k=K, **ZORankSGDConfig().hparams())  # type: ignore[arg-type]
+    state = alg.init(torch.ones(d, dtype=torch.float64), seed)
+    hit, start = None, time.perf_counter()
+    for call in range(1, calls + 1):
+        query = alg.ask(state)
+        ranking, ties = rank_by_values(sphere(query.points), query.k or M)
+        state, _ = alg.tell(state, query, Answer(ranking=ranking, ties=ties))
+        if hit is None and float(sphere(alg.x_of(state)[None])[0]) <= TARGET:
+            hit = call
+    spent = time.perf_counter() - start
+    return float(sphere(alg.x_of(state)[None])[0]), hit, spent / calls
+
+
+def run_cma(d: int, calls: int, seed: int) -> Trace:
+    """CMA-ES ask/tell, told only the rank positions of a (10, 5) ranking."""
+    opts = {"popsize": M, "seed": seed + 1, "verbose": -9, "CMA_active": False, "CMA_diagonal": d > 1000,
+            "tolx": 0, "tolfun": 0, "tolfunhist": 0, "tolflatfitness": 10**9, "tolstagnation": 10**9}
+    es = cma.CMAEvolutionStrategy(np.ones(d), 0.3, opts)
+    hit, start = None, time.perf_counter()
+    for call in range(1, calls + 1):
+        pop = es.ask()
+        ranking, _ = rank_by_values(torch.from_numpy(np.sum(np.square(pop), axis=1)), K)
+        fitness = [float(K)] * M
+        for pos, idx in enumerate(ranking):
+            fitness[idx] = float(pos)
+        es.tell(pop, fitness)
+        if hit is None and float(np.sum(es.mean**2)) <= TARGET:
+            hit = call
+    spent = time.perf_counter() - start
+    return float(np.sum(es.mean**2)), hit, spent / calls
+
+
+def run_random_search(d: int, calls: int, seed: int, sigma: float) -> Trace:
+    """Best-of-m: incumbent + (m − 1) Gaussian perturbations, keep the oracle's pick."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.ones(d, dtype=torch.float64)
+    hit, start = None, time.perf_counter()
+    for call in range(1, calls + 1):
+        points = torch.cat([x[None], x + sigma * torch.randn(M - 1, d, generator=gen, dtype=torch.float64)])
+        ranking, _ = rank_by_values(sphere(points), 1)
+        x = points[ranking[0]]
+        if hit is None and float((x**2).sum()) <= TARGET:
+            hit = call
+    spent = time.perf_counter() - start
+    return float((x**2).sum()), hit, spent / calls
+
+
+def summarise(traces: list[Trace]) -> dict[str, float | int | None]:
+    """Median final f, median calls-to-target (None if any seed missed it), mean ms per call."""
+    hits = [t[1] for t in traces]
+    return {
+        "final_f": statistics.median(t[0] for t in traces),
+        "final_f_max": max(t[0] for t in traces),
+        "calls_to_target": None if None in hits else int(statistics.median(h for h in hits if h is not None)),
+        "ms_per_call": 1e3 * statistics.mean(t[2] for t in traces),
+    }
+
+
+def bench(d: int, calls: int, seeds: int, sigmas: tuple[float, ...]) -> dict[str, dict[str, float | int | None]]:
+    """All three methods at dimension d under one oracle-call budget."""
+    methods: dict[str, Callable[[int], Trace]] = {
+        "zo-ranksgd": lambda s: run_ranksgd(d, calls, s),
+        "cma-es(ranks)" if d <= 1000 else "sep-cma-es(ranks)": lambda s: run_cma(d, calls, s),
+    }
+    out = {name: summarise([fn(s) for s in range(seeds)]) for name, fn in methods.items()}
+    rs = {sig: summarise([run_random_search(d, calls, s, sig) for s in range(seeds)]) for sig in sigmas}
+    best = min(rs, key=lambda sig: float(rs[sig]["final_f"] or 0.0))
+    out[f"random-search(sigma={best:g})"] = rs[best]
+    return out
+
+
+def print_table(d: int, calls: int, seeds: int, rows: dict[str, dict[str, float | int | None]]) -> None:
+    print(f"\nsphere d={d}, f(x0)={d}, (m,k)=({M},{K}), budget={calls} oracle calls, {seeds} seeds (medians)")
+    print(f"{'method':<28}{'final f':>12}{'worst f':>12}{'calls to f<=1':>15}{'ms/call':>10}")
+    for name, r in rows.items():
+        hit = "-" if r["calls_to_target"] is None else str(r["calls_to_target"])
+        print(f"{name:<28}{r['final_f']:>12.3g}{r['final_f_max']:>12.3g}{hit:>15}{r['ms_per_call']:>10.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=3000, help="oracle-call budget at d=100")
+    parser.add_argument("--calls-10k", type=int, default=1500, help="oracle-call budget at d=10000")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--seeds-10k", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    small = bench(100, args.calls, args.seeds, (0.01, 0.03, 0.1))
+    print_table(100, args.calls, args.seeds, small)
+    large = bench(10_000, args.calls_10k, args.seeds_10k, (0.01, 0.03, 0.1))
+    print_table(10_000, args.calls_10k, args.seeds_10k, large)
+    cma_f = small["cma-es(ranks)"]["final_f"]
+    ratio = float(small["zo-ranksgd"]["final_f"] or 0.0) / max(float(cma_f or 0.0), 1e-300)
+    print(json.dumps({"bench": "ranksgd", "ratio": ratio, "target": TARGET,
+                      "d100": {"calls": args.calls, **{k: v for k, v in small.items()}},
+                      "d10000": {"calls": args.calls_10k, **{k: v for k, v in large.items()}}}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""The asynchronous client (twin of ``_sync``; both generated from one template)."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import AsyncIterator
+from typing import Any, Callable
+
+import httpx
+from pydantic import PrivateAttr
+
+from ._base import TERMINAL, answer_for, budget_total, check, client_kwargs, idempotency_headers, spec_body
+from ._errors import Conflict, JobFailed, TransportError
+from ._progress import ProgressBar
+from ._sse import SSEDecoder
+from .models.events import EventPage, ProgressEvent, QueryEvent
+from .models.jobs import Job as JobRecord
+from .models.jobs import JobPage
+from .models.queries import PendingQuery, QueryPage
+
+RECONNECT_LIMIT = 20
+
+
+class AsyncJob(JobRecord):
+    """A job bound to the client that fetched it: ``refresh``, ``stream``, ``wait``, ``cancel``."""
+
+    _client: "AsyncClient" = PrivateAttr()
+
+    async def refresh(self) -> "AsyncJob":
+        return await self._client.jobs.get(self.id)
+
+    def stream(self, last_event_id: str | None = None) -> AsyncIterator[Any]:
+        return self._client.jobs.events(self.id, last_event_id=last_event_id)
+
+    async def wait(self, progress: bool = False) -> "AsyncJob":
+        return await self._client.jobs.wait(self.id, progress=progress)
+
+    async def cancel(self) -> "AsyncJob":
+        return await self._client.jobs.cancel(self.id)
+
+
+class AsyncJobs:
+    """``client.jobs``: create, get, list, cancel, events, wait, queries, answer, serve."""
+
+    def __init__(self, client: "AsyncClient"):
+        self._c = client
+
+    def _bind(self, body: dict[str, Any]) -> AsyncJob:
+        job = AsyncJob.model_validate(body)
+        job._client = self._c
+        return job
+
+    async def create(self, spec: Any, *, idempotency_key: str | None = None) -> AsyncJob:
+        """Submit a job (dict or model), validated locally first. Safe to retry: an Idempotency-Key is always sent."""
+        body, headers = spec_body(spec), idempotency_headers(idempotency_key)
+        for attempt in range(3):
+            try:
+                return self._bind(check(await self._c._http.post("/v1/jobs", json=body, headers=headers)))
+            except httpx.TransportError as exc:
+                if attempt == 2:
+                    raise TransportError(str(exc)) from exc
+        raise AssertionError("unreachable")
+
+    async def get(self, job_id: str) -> AsyncJob:
+        return self._bind(check(await self._c._http.get(f"/v1/jobs/{job_id}")))
+
+    async def list(self, status: str | list[str] | None = None, limit: int = 50, cursor: str | None = None) -> JobPage:
+        params: dict[str, Any] = {"limit": limit}
+        if status:
+            params["status"] = [status] if isinstance(status, str) else status
+        if cursor:
+            params["cursor"] = cursor
+        page = JobPage.model_validate(check(await self._c._http.get("/v1/jobs", params=params)))
+        page.items = [self._bind(j.model_dump(mode="json")) for j in page.items]
+        return page
+
+    async def cancel(self, job_id: str) -> AsyncJob:
+        return self._bind(check(await self._c._http.post(f"/v1/jobs/{job_id}/cancel")))
+
+    async def poll_events(self, job_id: str, after: str = "0", limit: int = 1000) -> EventPage:
+        """Events after ``after`` as JSON (for clients that cannot hold a stream)."""
+        r = await self._c._http.get(f"/v1/jobs/{job_id}/events", params={"after": after, "limit": limit})
+        return EventPage.model_validate(check(r))
+
+    async def events(self, job_id: str, last_event_id: str | None = None) -> AsyncIterator[Any]:
+        """Typed events from SSE until the terminal one; reconnects with Last-Event-ID on its own."""
+        decoder = SSEDecoder(last_id=last_event_id)
+        failures = 0
+        while True:
+            headers = {"Accept": "text/event-stream"}
+            if decoder.last_id:
+                headers["Last-Event-ID"] = decoder.last_id
+            try:
+                async with self._c._http.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers,
+                                             timeout=httpx.Timeout(30.0, read=None)) as r:
+                    if not r.is_success:
+                        await r.aread()
+                        check(r)
+                    async for line in r.aiter_lines():
+                        for event in decoder.feed(line):
+                            failures = 0
+                            yield event
+                            if event.type in ("result", "error"):
+                                return
+                return  # the server closed the stream: the job was already finished
+            except (httpx.TransportError, httpx.RemoteProtocolError) as exc:
+                failures += 1
+                if failures > RECONNECT_LIMIT:
+                    raise TransportError(str(exc)) from exc
+                await asyncio.sleep(min(2.0, 0.1 * failures))
+
+    async def wait(self, job_id: str, progress: bool = False) -> AsyncJob:
+        """Block until the job ends; returns it, or raises :class:`JobFailed`. ``progress`` draws a bar."""
+        bar = None
+        if progress:
+            job = await self.get(job_id)
+            total, unit = budget_total(job)
+            bar = ProgressBar(total, unit)
+        try:
+            async for ev in self.events(job_id):
+                if bar is not None and isinstance(ev, ProgressEvent):
+                    bar.update(ev.step if bar.unit == "steps" else ev.queries, ev.best_value)
+        finally:
+            if bar is not None:
+                bar.close()
+        job = await self.get(job_id)
+        if job.status.value != "succeeded":
+            raise JobFailed(job, job.error)
+        return job
+
+    async def queries(self, job_id: str, status: str | None = "pending") -> list[PendingQuery]:
+        params = {"status": status} if status else {}
+        return QueryPage.model_validate(check(await self._c._http.get(f"/v1/jobs/{job_id}/queries", params=params))).items
+
+    async def answer(self, job_id: str, query_id: str, *, values: list[float] | None = None,
+               ranking: list[str] | None = None) -> AsyncJob:
+        body = {"values": values} if values is not None else {"ranking": ranking}
+        return self._bind(check(await self._c._http.post(f"/v1/jobs/{job_id}/queries/{query_id}/answer", json=body)))
+
+    async def serve(self, job_id: str, fn: Callable[[Any], Any]) -> AsyncJob:
+        """Answer a job's queries with ``fn`` (sync or async) until it ends.
+
+        ``fn(points) -> values`` (one float per point, minimisation) for value queries;
+        ``fn(candidates) -> ranking`` (candidate ids, best first) for ranking queries.
+        """
+        after = "0"
+        while True:  # catch up without replaying old queries
+            page = await self.poll_events(job_id, after=after, limit=10_000)
+            after = page.last_id or after
+            if page.done:
+                return await self.get(job_id)
+            if len(page.items) < 10_000:
+                break
+        for q in await self.queries(job_id, "pending"):
+            await self._answer_quietly(job_id, q, fn)
+        async for ev in self.events(job_id, last_event_id=after):
+            if isinstance(ev, QueryEvent):
+                q = PendingQuery.model_validate({"id": ev.query_id, "job_id": job_id, "kind": ev.kind, "step": 0,
+                                                 "created_at": ev.time, **ev.payload})
+                await self._answer_quietly(job_id, q, fn)
+        return await self.get(job_id)
+
+    async def _answer_quietly(self, job_id: str, q: PendingQuery, fn: Callable[[Any], Any]) -> None:
+        out = fn(q.points if q.kind == "values" else q.candidates)
+        if inspect.isawaitable(out):
+            out = await out
+        body = answer_for(q, lambda _: out)
+        try:
+            await self.answer(job_id, q.id, **body)
+        except Conflict:
+            pass  # answered already (replayed event or a second server)
+
+
+class AsyncClient:
+    """The zoserve asynchronous client. ``base_url`` defaults to ZOSERVE_URL or http://127.0.0.1:8000."""
+
+    def __init__(self, base_url: str | None = None, *, api_key: str | None = None, timeout: float = 30.0,
+                 transport: Any = None):
+        self._http = httpx.AsyncClient(**client_kwargs(base_url, api_key, timeout), transport=transport)
+        self.jobs = AsyncJobs(self)
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -1,0 +1,20 @@
+"""The catalog: every algorithm config and objective spec the API accepts.
+
+Adding an algorithm or an objective kind means adding its class here, nothing else.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Union
+
+from pydantic import BaseModel, Field
+
+from .algorithms import ZO_CONFIGS
+from .objectives import BuiltinObjective, ClientObjective
+
+ALGORITHM_CONFIGS: tuple[type[BaseModel], ...] = (*ZO_CONFIGS,)
+
+OBJECTIVE_SPECS: tuple[type[BaseModel], ...] = (BuiltinObjective, ClientObjective)
+
+ObjectiveSpec = Annotated[Union[OBJECTIVE_SPECS], Field(discriminator="kind")]  # type: ignore[valid-type]
+"""The ``objective`` field of a job: a discriminated union on ``kind``."""

@@ -1,0 +1,207 @@
+"""Query-only objective specs: a model behind an HTTP endpoint, and a non-differentiable metric.
+
+Pure data (torch-free). The worker adapters live in ``workers/objectives/endpoint.py`` and
+``workers/objectives/metric.py``; the API runs ``workers.objectives.guard.check_url_static``
+on ``url`` before accepting a job, and the worker checks again, with DNS, at call time.
+
+Secrets: ``headers`` values are :class:`pydantic.SecretStr`. They print as ``'**********'``
+and serialise masked, so API responses never echo them. The one place that needs the real
+values (the job store, then the worker) dumps with ``context={"reveal_secrets": True}`` and
+reads them with :meth:`EndpointObjective.header_values`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    SecretStr,
+    SerializationInfo,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
+
+EndpointProtocol = Literal["json", "v2"]
+EndpointOutput = Literal["scalar", "cross_entropy", "margin", "mse"]
+InputMode = Literal["direct", "perturbation", "params"]
+MetricName = Literal["accuracy", "precision", "recall", "f1", "jaccard", "auc"]
+BundledDataset = Literal["breast_cancer", "digits", "wine", "iris"]
+BINARY_DATASETS = frozenset({"breast_cancer"})
+
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,128}$")  # RFC 9110 field-name
+_RESERVED_HEADERS = frozenset({"host", "content-length", "content-type", "transfer-encoding", "connection"})
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")  # safe in a URL path segment
+MASK = "**********"
+
+
+class EndpointObjective(BaseModel):
+    """A model served over HTTP; the worker sends batches of inputs and turns outputs into a loss.
+
+    ``input_mode`` says what the optimised vector x is:
+
+    * ``direct``: x is the input itself (clipped to ``[clip_lo, clip_hi]`` when given);
+    * ``perturbation``: the input is ``clip(base + clamp(x, -epsilon, epsilon), clip_lo,
+      clip_hi)``, an L∞ attack around ``base`` (x0 = 0);
+    * ``params``: x is sent as model parameters (json key ``params`` / v2 tensor
+      ``input_name``) next to the fixed ``payload``.
+
+    ``output`` says what is minimised: ``scalar`` (one number per input) or a loss of the
+    output vector z: ``cross_entropy`` (−log softmax(z)[targets]), ``margin`` (Carlini–Wagner:
+    max(z_y − max_{j≠y} z_j, −kappa), y = ``targets``), ``mse`` (mean (z − targets)²);
+    ``negate`` maximises instead.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["endpoint"] = "endpoint"
+    url: HttpUrl = Field(description="Endpoint URL (json) or server base URL (v2). http(s) only.")
+    protocol: EndpointProtocol = Field(
+        "json",
+        description="'json': POST url {'inputs': [[...]]} -> {'outputs': [...]}; "
+        "'v2': Open Inference Protocol, POST {url}/v2/models/{model}/infer.",
+    )
+    model: str | None = Field(None, description="Model name (v2 only).", pattern=_NAME.pattern)
+    model_version: str | None = Field(None, description="Model version (v2 only).", pattern=_NAME.pattern)
+    input_name: str = Field("input", description="Name of the v2 input tensor.", pattern=_NAME.pattern)
+    output_name: str | None = Field(None, description="v2 output tensor to read (default: the first).")
+    datatype: Literal["FP32", "FP64"] = Field("FP32", description="v2 input tensor datatype.")
+    input_shape: list[int] | None = Field(
+        None, max_length=8, description="Shape of one input (e.g. [1, 8, 8]); its product must equal dim."
+    )
+    headers: dict[str, SecretStr] = Field(
+        default_factory=dict, max_length=20, description="Extra request headers (auth); never echoed."
+    )
+    payload: dict[str, Any] | None = Field(
+        None, description="Fixed JSON sent with every request: top-level fields (json) or 'parameters' (v2)."
+    )
+    timeout_s: float = Field(10.0, gt=0, le=300, description="Per-request timeout in seconds.")
+    retries: int = Field(3, ge=0, le=10, description="Retries after connect errors, timeouts, 429 and 5xx.")
+    backoff_s: float = Field(0.5, ge=0, le=60, description="First retry delay; doubles per retry, with jitter.")
+    batch_size: int = Field(64, ge=1, le=4096, description="Inputs per request.")
+    concurrency: int = Field(4, ge=1, le=64, description="Requests in flight at once.")
+    output: EndpointOutput = Field("scalar", description="What to minimise (see class docstring).")
+    scores: Literal["logits", "probabilities"] = Field(
+        "logits", description="Whether output vectors are logits or probabilities (log is taken)."
+    )
+    targets: int | list[float] | None = Field(
+        None, description="Class index (cross_entropy, margin) or target vector (mse)."
+    )
+    kappa: float = Field(0.0, ge=0, le=1e6, description="Margin confidence κ (margin only).")
+    negate: bool = Field(False, description="Maximise the output/loss instead of minimising it.")
+    input_mode: InputMode = Field("direct", description="What x is (see class docstring).")
+    base: list[float] | None = Field(None, max_length=1_048_576, description="Base input (perturbation).")
+    epsilon: float | None = Field(None, gt=0, le=1e6, description="L∞ budget (perturbation).")
+    clip_lo: float | None = Field(None, description="Lower bound of every input coordinate.")
+    clip_hi: float | None = Field(None, description="Upper bound of every input coordinate.")
+    dim: int | None = Field(None, ge=1, le=1_048_576, description="Dimension of x (default: len(base)).")
+    on_invalid: Literal["fail", "penalize"] = Field(
+        "fail", description="Bad answers (NaN, inf, wrong shape): fail the job, or use `penalty`."
+    )
+    penalty: float = Field(1e6, description="Value given to the optimiser for an invalid answer (minimisation).")
+
+    @field_validator("headers")
+    @classmethod
+    def _check_headers(cls, headers: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for name, value in headers.items():
+            if not _TOKEN.match(name) or name.lower() in _RESERVED_HEADERS:
+                raise ValueError(f"header name {name!r} is not allowed")
+            secret = value.get_secret_value()
+            if len(secret) > 8192 or any(c in secret for c in "\r\n\0"):
+                raise ValueError(f"header {name!r} has an invalid value")
+        return headers
+
+    @field_validator("penalty", "clip_lo", "clip_hi", "kappa")
+    @classmethod
+    def _finite(cls, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
+            raise ValueError("must be finite")
+        return value
+
+    @field_serializer("headers")
+    def _mask_headers(self, headers: dict[str, SecretStr], info: SerializationInfo) -> dict[str, str]:
+        reveal = bool(info.context and info.context.get("reveal_secrets"))
+        return {k: v.get_secret_value() if reveal else MASK for k, v in headers.items()}
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> EndpointObjective:
+        if self.protocol == "v2" and self.model is None:
+            raise ValueError("protocol 'v2' needs `model`")
+        if self.input_mode == "perturbation" and (self.base is None or self.epsilon is None):
+            raise ValueError("input_mode 'perturbation' needs `base` and `epsilon`")
+        if self.dim is None and self.base is None:
+            raise ValueError("give `dim` (or `base`)")
+        if self.dim is not None and self.base is not None and self.dim != len(self.base):
+            raise ValueError(f"dim={self.dim} but base has {len(self.base)} values")
+        n = self.dim if self.dim is not None else len(self.base or ())
+        if self.input_shape is not None and math.prod(self.input_shape) != n:
+            raise ValueError(f"input_shape {self.input_shape} does not hold {n} values")
+        if self.clip_lo is not None and self.clip_hi is not None and self.clip_lo >= self.clip_hi:
+            raise ValueError("clip_lo must be below clip_hi")
+        self._check_targets()
+        return self
+
+    def _check_targets(self) -> None:
+        if self.output in ("cross_entropy", "margin") and (not isinstance(self.targets, int) or self.targets < 0):
+            raise ValueError(f"output {self.output!r} needs `targets`: a class index >= 0")
+        if self.output == "mse" and not isinstance(self.targets, list):
+            raise ValueError("output 'mse' needs `targets`: a list of numbers")
+        if self.output == "scalar" and self.targets is not None:
+            raise ValueError("output 'scalar' takes no `targets`")
+
+    def header_values(self) -> dict[str, str]:
+        """The real header values (worker side only; never log or return them)."""
+        return {k: v.get_secret_value() for k, v in self.headers.items()}
+
+
+class MetricObjective(BaseModel):
+    """Tune a model's parameters so a non-differentiable metric improves (value = −metric, train split).
+
+    The optimised vector holds the model's parameters: ``linear``/``logistic`` weights and bias
+    (one output for binary tasks, one per class otherwise), an ``mlp`` with ``hidden`` tanh
+    layers (flattened per layer: weight then bias), or for ``endpoint`` one offset per class
+    added to the served model's outputs (decision-threshold tuning of a deployed classifier).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["metric"] = "metric"
+    metric: MetricName = Field(description="Metric to maximise.")
+    average: Literal["binary", "macro"] | None = Field(
+        None, description="Averaging for precision/recall/f1/jaccard/auc (default: binary for 2 classes, else macro)."
+    )
+    dataset: BundledDataset | None = Field(None, description="A bundled scikit-learn dataset.")
+    dataset_id: str | None = Field(None, description="An uploaded .npz dataset with arrays X and y.", pattern=_NAME.pattern)
+    model: Literal["logistic", "linear", "mlp", "endpoint"] = Field("logistic", description="Model whose parameters are x.")
+    hidden: list[int] = Field(default_factory=list, max_length=4, description="MLP hidden layer sizes.")
+    endpoint: EndpointObjective | None = Field(None, description="The served model (model='endpoint').")
+    split_seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of the stratified train/test split.")
+    test_fraction: float = Field(0.25, gt=0, le=0.9, description="Fraction of the data held out for test_metric.")
+    standardize: bool = Field(True, description="Standardise features with train-split mean and std.")
+
+    @field_validator("hidden")
+    @classmethod
+    def _check_hidden(cls, hidden: list[int]) -> list[int]:
+        if any(not 1 <= h <= 1024 for h in hidden):
+            raise ValueError("hidden sizes must be within 1..1024")
+        return hidden
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> MetricObjective:
+        if (self.dataset is None) == (self.dataset_id is None):
+            raise ValueError("give exactly one of `dataset` and `dataset_id`")
+        if self.model == "mlp" and not self.hidden:
+            raise ValueError("model 'mlp' needs `hidden` layer sizes")
+        if (self.model == "endpoint") != (self.endpoint is not None):
+            raise ValueError("`endpoint` is required for model 'endpoint' and only then")
+        if self.endpoint is not None and self.endpoint.input_mode != "direct":
+            raise ValueError("the metric's endpoint must use input_mode 'direct'")
+        if self.average == "binary" and self.dataset is not None and self.dataset not in BINARY_DATASETS:
+            raise ValueError(f"average 'binary' needs a two-class dataset; {self.dataset!r} has more classes")
+        return self

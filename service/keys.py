@@ -1,0 +1,56 @@
+"""Every Redis key zoserve uses, in one place."""
+
+from __future__ import annotations
+
+PREFIX = "zo"
+
+
+def job(job_id: str) -> str:
+    """Hash: the job record (spec, status, progress, result, error, tenant...)."""
+    return f"{PREFIX}:job:{job_id}"
+
+
+def events(job_id: str) -> str:
+    """Stream: the job's events; stream ids are the SSE ids."""
+    return f"{PREFIX}:job:{job_id}:events"
+
+
+def checkpoint(job_id: str) -> str:
+    """String: the algorithm + runner state after the last segment."""
+    return f"{PREFIX}:job:{job_id}:ckpt"
+
+
+def fence(job_id: str) -> str:
+    """Int: the fencing token; every lease increments it, writes must present the current one."""
+    return f"{PREFIX}:job:{job_id}:fence"
+
+
+def lease(job_id: str) -> str:
+    """String with TTL: the token of the segment that currently owns the job."""
+    return f"{PREFIX}:job:{job_id}:lease"
+
+
+def queries(job_id: str) -> str:
+    """Hash: query id -> PendingQuery JSON."""
+    return f"{PREFIX}:job:{job_id}:queries"
+
+
+def answers(job_id: str) -> str:
+    """Hash: query id -> answer JSON."""
+    return f"{PREFIX}:job:{job_id}:answers"
+
+
+def tenant_jobs(tenant: str) -> str:
+    """Sorted set: the tenant's job ids scored by creation sequence."""
+    return f"{PREFIX}:tenant:{tenant}:jobs"
+
+
+def idempotency(tenant: str, key: str) -> str:
+    """String: ``job_id|body_hash`` for an Idempotency-Key."""
+    return f"{PREFIX}:idem:{tenant}:{key}"
+
+
+SEQUENCE = f"{PREFIX}:seq"
+WORKERS = f"{PREFIX}:workers"  # sorted set: worker name -> last heartbeat (unix seconds)
+CANCEL_CHANNEL = f"{PREFIX}:cancel"  # pub/sub: job ids whose cancel was requested
+IDEMPOTENCY_TTL = 24 * 3600

@@ -1,0 +1,86 @@
+"""RFC 9457 problem details: the error tree and the handlers that render it.
+
+Exception tree::
+
+    ProblemError            renders as application/problem+json with its status
+    ├── NotFound            404 (also for other tenants' resources)
+    ├── Conflict            409 (stale or duplicate answers, terminal jobs)
+    ├── Unprocessable       422 (semantic errors beyond schema validation)
+    ├── Unauthorized        401
+    └── Unavailable         503 (not ready)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from zoserve.models.problems import Problem
+
+MEDIA_TYPE = "application/problem+json"
+
+
+class ProblemError(Exception):
+    status = 500
+    title = "Internal Server Error"
+    type = "about:blank"
+
+    def __init__(self, detail: str | None = None, **extra: Any):
+        super().__init__(detail or self.title)
+        self.detail = detail
+        self.extra = extra
+
+
+class NotFound(ProblemError):
+    status, title, type = 404, "Not Found", "urn:zoserve:not-found"
+
+
+class Conflict(ProblemError):
+    status, title, type = 409, "Conflict", "urn:zoserve:conflict"
+
+
+class Unprocessable(ProblemError):
+    status, title, type = 422, "Unprocessable Content", "urn:zoserve:unprocessable"
+
+
+class Unauthorized(ProblemError):
+    status, title, type = 401, "Unauthorized", "urn:zoserve:unauthorized"
+
+
+class Unavailable(ProblemError):
+    status, title, type = 503, "Service Unavailable", "urn:zoserve:unavailable"
+
+
+def problem_response(problem: Problem, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(problem.model_dump(exclude_none=True), status_code=problem.status, media_type=MEDIA_TYPE, headers=headers)
+
+
+def install_handlers(app: FastAPI) -> None:
+    """Make every error an RFC 9457 problem."""
+
+    @app.exception_handler(ProblemError)
+    async def _problem(request: Request, exc: ProblemError) -> JSONResponse:
+        return problem_response(Problem(type=exc.type, title=exc.title, status=exc.status, detail=exc.detail,
+                                        instance=request.url.path, **exc.extra))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()]
+        first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+        where = ".".join(str(p) for p in first["loc"])
+        return problem_response(Problem(type="urn:zoserve:validation", title="Request validation failed", status=422,
+                                        detail=f"{where}: {first['msg']}", instance=request.url.path, errors=errors))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return problem_response(Problem(title=str(exc.detail) if exc.status_code != 404 else "Not Found", status=exc.status_code,
+                                        detail=str(exc.detail), instance=request.url.path), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        return problem_response(Problem(title="Internal Server Error", status=500,
+                                        detail=f"unexpected {type(exc).__name__}", instance=request.url.path))

@@ -1,0 +1,70 @@
+"""A ZO job end to end: SDK → REST → Redis → Celery worker → objective → events → SDK."""
+
+from __future__ import annotations
+
+import threading
+
+import httpx
+import pytest
+
+import zoserve
+from workers.objectives.builtin import default_x0, rosenbrock
+from zoserve import ProgressEvent, ResultEvent, StatusEvent
+
+ROSEN = {"algorithm": "zo-sgd", "objective": {"kind": "builtin", "function": "rosenbrock", "dim": 20},
+         "budget": {"max_steps": 400}, "seed": 7, "name": "rosen-20"}
+
+
+def test_rosenbrock_via_sdk_streams_every_step_and_succeeds(client: zoserve.Client) -> None:
+    job = client.jobs.create(ROSEN)
+    assert job.status.value == "queued" and job.events_url.endswith(f"/v1/jobs/{job.id}/events")
+    events = list(job.stream())
+    progress = [e for e in events if isinstance(e, ProgressEvent)]
+    statuses = [e.status.value for e in events if isinstance(e, StatusEvent)]
+    assert [p.step for p in progress] == list(range(1, 401))  # one event per step, in order, none repeated
+    assert all(p.queries > 0 and p.value is not None and p.best_value is not None for p in progress)
+    assert statuses[:2] == ["queued", "running"]
+    assert isinstance(events[-1], ResultEvent)
+    done = client.jobs.get(job.id)
+    assert done.status.value == "succeeded"
+    start = float(rosenbrock(default_x0("rosenbrock", 20)))
+    assert done.result is not None and done.result.value_best is not None
+    assert done.result.value_best < 0.1 * start, (done.result.value_best, start)
+    assert done.progress.step == 400 and done.result.queries == done.progress.queries
+    ids = [e.id for e in events]
+    assert ids == sorted(ids, key=lambda s: tuple(int(p) for p in s.split("-")))
+
+
+def test_client_objective_served_matches_builtin(client: zoserve.Client) -> None:
+    spec = {**ROSEN, "budget": {"max_steps": 60}}
+    builtin = client.jobs.create(spec).wait()
+    served = client.jobs.create({**spec, "objective": {"kind": "client", "dim": 20},
+                                 "x0": default_x0("rosenbrock", 20).tolist()})
+
+    def f(points: list[list[float]]) -> list[float]:
+        import torch
+
+        return rosenbrock(torch.tensor(points, dtype=torch.float64)).tolist()
+
+    out = client.jobs.serve(served.id, f)
+    assert out.status.value == "succeeded"
+    assert out.result is not None and builtin.result is not None
+    assert out.result.x_best == builtin.result.x_best
+    assert out.result.value_best == builtin.result.value_best
+
+
+def test_wait_with_progress_bar(client: zoserve.Client, capsys: pytest.CaptureFixture[str]) -> None:
+    job = client.jobs.create({**ROSEN, "budget": {"max_steps": 50}})
+    done = job.wait(progress=True)
+    assert done.status.value == "succeeded"
+    assert "50/50 steps" in capsys.readouterr().err
+
+
+async def test_async_client_twin(api_url: str) -> None:
+    from tests.conftest import API_KEY
+
+    async with zoserve.AsyncClient(api_url, api_key=API_KEY) as c:
+        job = await c.jobs.create({**ROSEN, "budget": {"max_steps": 30}})
+        seen = [e async for e in job.stream()]
+        assert isinstance(seen[-1], ResultEvent)
+        assert (await job.refresh()).status.value == "succeeded"

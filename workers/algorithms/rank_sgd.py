@@ -1,0 +1,206 @@
+"""ZO-RankSGD: zeroth-order descent driven only by an (m, k)-ranking oracle.
+
+Tang, Rybin & Chang, "Zeroth-Order Optimization Meets Human Feedback: Provable Learning via
+Ranking Oracles", ICLR 2024 (arXiv 2303.03751).
+
+* Algorithm 1: query the oracle on ``x + μ ξ_i`` (i = 1..m), build the comparison DAG of the
+  answer and the rank estimator ``g̃ = (1/|E|) Σ_{(a,b)∈E} (ξ_b − ξ_a)`` (an ascent direction,
+  magnitude-free), then ``x ← x − η_t g̃``.
+* Algorithm 2 (``schedule="linesearch"``): a second, (L+1, 1) query on ``x − η γ^i g̃``
+  (i = 0..L−1) plus ``x`` itself; move to the oracle's pick.
+* ``protocol="two-round"``: the official code's human-feedback loop (``optimizer.py``, the
+  paper's Algorithm 3): the line-search round also offers the best perturbed point of the
+  ranking round, and estimates are averaged over consecutive line searches that kept ``x``.
+
+One ``tell`` is one oracle call. With a line search a step has two phases, ``"estimate"`` then
+``"linesearch"``, recorded in the state. Random directions are regenerated from
+``step_generator(seed, t, stream=0)`` (never stored), ``t`` counting estimate rounds.
+
+Defaults (measured: sphere, d = 100, m = 10, k = 5, x0 = 1, 3000 oracle calls counting both
+queries of a line-search step, median f ≈ 1e-3 over 5 seeds; see ``ZORankSGDConfig``):
+``schedule="linesearch"``, ``lr=0.5``, ``gamma=0.5``, ``ls_candidates=8`` (the official code's
+l = m − 2 for m = 10), ``mu=0.01``. The line search makes the step length adaptive over a
+γ^(L−1) range, so it also works from f(x0) = 1e4, where fixed or decaying η stall.
+Fixed/decaying η need η ≈ 0.01–0.05 instead (``decay_steps=100``, ``decay_power=0.5``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from workers.algorithms.base import Answer, Query, State, StateValue, StepInfo, step_generator
+from workers.algorithms.ranking import dag_weights
+
+Schedule = Literal["fixed", "decay", "linesearch"]
+Protocol_ = Literal["ranking", "two-round"]
+Directions = Literal["gaussian", "sphere"]
+
+_DIRECTION_STREAM = 0
+
+
+class ZORankSGD:
+    """ZO-RankSGD as a pure ask/tell algorithm (minimisation; the oracle ranks best = lowest f)."""
+
+    name = "zo-ranksgd"
+
+    def __init__(
+        self,
+        m: int = 10,
+        k: int | None = 5,
+        lr: float = 0.5,
+        mu: float = 0.01,
+        schedule: Schedule = "linesearch",
+        decay_steps: float = 100.0,
+        decay_power: float = 0.5,
+        gamma: float = 0.5,
+        ls_candidates: int = 8,
+        protocol: Protocol_ = "ranking",
+        directions: Directions = "gaussian",
+    ) -> None:
+        """Args:
+            m: candidates per ranking query (the objective's m).
+            k: how many best the oracle returns (``None`` = full ranking).
+            lr: step size η (paper scale: g̃ is built from ξ, not μξ).
+            mu: smoothing radius μ.
+            schedule: ``"fixed"`` η_t = η; ``"decay"`` η_t = η / (1 + t/decay_steps)^decay_power;
+                ``"linesearch"`` Algorithm 2 with base η.
+            gamma, ls_candidates: line-search shrink factor γ and number of trial steps L.
+            protocol: ``"ranking"`` (Algorithms 1/2) or ``"two-round"`` (official code loop).
+            directions: ``"gaussian"`` ξ ~ N(0, I), or ``"sphere"`` ξ uniform on the sphere of
+                radius √d (same scale as the Gaussian; an option the paper does not use).
+        """
+        if m < 2 or (k is not None and not 1 <= k <= m):
+            raise ValueError(f"need m >= 2 and 1 <= k <= m, got m={m}, k={k}")
+        if protocol == "two-round" and schedule != "linesearch":
+            raise ValueError('protocol="two-round" requires schedule="linesearch"')
+        self.m, self.k = m, (m if k is None else k)
+        self.lr, self.mu, self.schedule = lr, mu, schedule
+        self.decay_steps, self.decay_power = decay_steps, decay_power
+        self.gamma, self.ls_candidates = gamma, ls_candidates
+        self.protocol, self.directions = protocol, directions
+
+    # -- state ---------------------------------------------------------------------------
+
+    def init(self, x0: Tensor, seed: int) -> State:
+        """Initial state: ``x``, counters, the phase, and (for line searches) the pending direction."""
+        x = x0.detach().clone().reshape(-1)
+        if not x.is_floating_point():
+            x = x.to(torch.get_default_dtype())
+        state: dict[str, StateValue] = {
+            "x": x, "seed": int(seed), "step": 0, "t": 0, "phase": "estimate",
+            "oracle_calls": 0, "evaluations": 0,
+        }
+        if self.schedule == "linesearch":
+            state["direction"] = torch.zeros_like(x)  # g̃ (or the running mean D, two-round)
+            state["n_avg"] = 0
+        if self.protocol == "two-round":
+            state["best_perturbed"] = x.clone()
+        return state
+
+    def x_of(self, state: State) -> Tensor:
+        """The current iterate."""
+        return _tensor(state, "x")
+
+    # -- ask -----------------------------------------------------------------------------
+
+    def ask(self, state: State) -> Query:
+        """Estimate phase: an (m, k) query on ``x + μ ξ_i``. Line-search phase: a k = 1 query."""
+        x = _tensor(state, "x")
+        if state["phase"] == "linesearch":
+            return Query(points=self._linesearch_points(state), kind="ranking", k=1)
+        xi = self._directions(state, x)
+        return Query(points=x[None, :] + self.mu * xi, kind="ranking", k=self.k)
+
+    def _directions(self, state: State, x: Tensor) -> Tensor:
+        gen = step_generator(int(state["seed"]), int(state["t"]), _DIRECTION_STREAM, x.device)
+        xi = torch.randn(self.m, x.numel(), generator=gen, dtype=x.dtype, device=x.device)
+        if self.directions == "sphere":
+            xi = xi * (math.sqrt(x.numel()) / xi.norm(dim=1, keepdim=True).clamp_min(1e-30))
+        return xi
+
+    def _linesearch_points(self, state: State) -> Tensor:
+        """Algorithm 2: ``x − η γ^i D`` for i < L, then (two-round) the best perturbed point, then x."""
+        x, d = _tensor(state, "x"), _tensor(state, "direction")
+        scales = self.lr * self.gamma ** torch.arange(self.ls_candidates, dtype=x.dtype, device=x.device)
+        rows = [x[None, :] - scales[:, None] * d[None, :]]
+        if self.protocol == "two-round":
+            rows.append(_tensor(state, "best_perturbed")[None, :])
+        rows.append(x[None, :])
+        return torch.cat(rows)
+
+    # -- tell ----------------------------------------------------------------------------
+
+    def tell(self, state: State, query: Query, answer: Answer) -> tuple[State, StepInfo]:
+        """Apply one oracle answer (partial rankings and ties allowed); one call is one step."""
+        if answer.ranking is None:
+            raise ValueError("ZO-RankSGD needs a ranking answer")
+        new = dict(state)
+        new["step"] = int(state["step"]) + 1
+        new["oracle_calls"] = int(state["oracle_calls"]) + 1
+        new["evaluations"] = int(state["evaluations"]) + int(query.points.shape[0])
+        if state["phase"] == "linesearch":
+            return self._tell_linesearch(state, new, query, answer)
+        return self._tell_estimate(state, new, answer)
+
+    def estimate(self, state: State, answer: Answer) -> tuple[Tensor, int]:
+        """The rank estimator g̃ (paper Section 3) for this state's directions, and |E|."""
+        x = _tensor(state, "x")
+        w, n_edges = dag_weights(tuple(answer.ranking or ()), tuple(answer.ties), self.m)
+        if n_edges == 0:  # everything tied: the answer carries no direction
+            return torch.zeros_like(x), 0
+        xi = self._directions(state, x)  # regenerated, not (y − x)/μ: exact and free of cancellation
+        return (w.to(x.dtype) / n_edges) @ xi, n_edges
+
+    def _tell_estimate(self, state: State, new: dict[str, StateValue], answer: Answer) -> tuple[State, StepInfo]:
+        x = _tensor(state, "x")
+        g, n_edges = self.estimate(state, answer)
+        t = int(state["t"])
+        new["t"] = t + 1
+        extra = {"est_norm": float(g.norm()), "n_edges": float(n_edges)}
+        if self.schedule != "linesearch":
+            lr_t = self._lr(t)
+            new["x"] = x - lr_t * g
+            return new, StepInfo(value=None, x=x, extra={**extra, "lr": lr_t})
+        if self.protocol == "two-round":
+            # Official code: average the estimates collected since the last accepted move.
+            n = int(state["n_avg"])
+            new["direction"] = (_tensor(state, "direction") * n + g) / (n + 1)
+            new["n_avg"] = n + 1
+            xi_best = self._directions(state, x)[answer.ranking[0]] if answer.ranking else 0.0
+            new["best_perturbed"] = x + self.mu * xi_best
+        else:
+            new["direction"] = g
+        new["phase"] = "linesearch"
+        return new, StepInfo(value=None, x=x, extra=extra)
+
+    def _tell_linesearch(self, state: State, new: dict[str, StateValue], query: Query, answer: Answer) -> tuple[State, StepInfo]:
+        x = _tensor(state, "x")
+        points = self._linesearch_points(state)  # recomputed from the state, not trusted from the query
+        n = points.shape[0]
+        pick = answer.ranking[0] if answer.ranking else n - 1  # no answer: keep x (last row)
+        if not 0 <= pick < n:
+            raise ValueError(f"line-search pick {pick} is not in [0, {n})")
+        new["phase"] = "estimate"
+        moved = pick != n - 1
+        if moved:
+            new["x"] = points[pick].clone()
+            if self.protocol == "two-round":
+                new["direction"] = torch.zeros_like(x)
+                new["n_avg"] = 0
+        return new, StepInfo(value=None, x=x, extra={"ls_pick": float(pick), "moved": float(moved)})
+
+    def _lr(self, t: int) -> float:
+        if self.schedule == "decay":
+            return self.lr / (1.0 + t / self.decay_steps) ** self.decay_power
+        return self.lr
+
+
+def _tensor(state: State, key: str) -> Tensor:
+    value = state[key]
+    if not isinstance(value, Tensor):
+        raise TypeError(f"state[{key!r}] must be a tensor")
+    return value

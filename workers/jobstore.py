@@ -1,0 +1,144 @@
+"""The worker's side of the job store (sync redis): lease, load, fenced commits, answers.
+
+Same keys and Lua scripts as ``service.store`` (whose docstring states the invariants).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from service import keys, scripts
+from service.records import now_iso, status_event
+
+from .runner import Signal, Tally, dumps
+
+
+@dataclass(frozen=True)
+class Lease:
+    job_id: str
+    token: str
+    previous_status: str
+
+
+class LeaseRefused(Exception):
+    """The segment must not run: ``code`` as in ``scripts.ACQUIRE``; ``info`` its detail."""
+
+    def __init__(self, code: int, info: str):
+        super().__init__(f"lease refused ({code}: {info})")
+        self.code, self.info = code, info
+
+
+class WorkerStore:
+    """Sync store used by segments."""
+
+    def __init__(self, client: redis.Redis, lease_ttl: int, maxlen: int):
+        self.r = client
+        self.lease_ttl, self.maxlen = lease_ttl, maxlen
+        self._acquire = client.register_script(scripts.ACQUIRE)
+        self._commit = client.register_script(scripts.COMMIT)
+
+    def acquire(self, job_id: str, ticket: str) -> Lease:
+        from zoserve.models.jobs import JobStatus
+
+        code, info = self._acquire(keys=[keys.fence(job_id), keys.lease(job_id), keys.job(job_id), keys.events(job_id)],
+                                   args=[ticket, self.lease_ttl, now_iso(), status_event(JobStatus.running)])
+        info = info.decode() if isinstance(info, bytes) else str(info)
+        if int(code) == -5:
+            raise LeaseRefused(-5, info)  # cancel requested; info is the token to finish with
+        if int(code) < 0:
+            raise LeaseRefused(int(code), info)
+        return Lease(job_id, str(code), info)
+
+    def job(self, job_id: str) -> dict[str, str]:
+        return {k.decode(): v.decode() for k, v in self.r.hgetall(keys.job(job_id)).items()}
+
+    def checkpoint(self, job_id: str) -> bytes | None:
+        return self.r.get(keys.checkpoint(job_id))  # type: ignore[return-value]
+
+    def answer(self, job_id: str, qid: str) -> dict[str, Any] | None:
+        raw = self.r.hget(keys.answers(job_id), qid)
+        return json.loads(raw) if raw else None
+
+    def commit(self, job_id: str, token: str, *, events: list[str] = (), hset: dict[str, str] | None = None,  # type: ignore[assignment]
+               queries: dict[str, str] | None = None, ckpt: bytes | None = None, release: bool = False) -> int:
+        """One fenced write; see ``scripts.COMMIT`` for the return codes."""
+        op = {"events": list(events), "hset": {"updated_at": now_iso(), **(hset or {})}, "queries": queries or {},
+              "release": release, "lease_ttl": self.lease_ttl, "maxlen": self.maxlen}
+        if not op["events"]:
+            op["events"] = {}  # cjson: an empty JSON object decodes to an empty table, ipairs-safe
+        return int(self._commit(keys=[keys.fence(job_id), keys.lease(job_id), keys.job(job_id), keys.events(job_id),
+                                      keys.checkpoint(job_id), keys.queries(job_id)],
+                                args=[token, json.dumps(op), ckpt or b""]))
+
+
+class RedisSink:
+    """Buffers progress events and writes them (fenced) on every flush."""
+
+    def __init__(self, store: WorkerStore, lease: Lease, cancel_flags: "CancelListener | None" = None):
+        self.store, self.lease, self.cancel_flags = store, lease, cancel_flags
+        self.buffer: list[str] = []
+        self._cancel = False
+
+    def progress(self, event: dict[str, Any]) -> None:
+        self.buffer.append(dumps(event))
+
+    def flush(self, tally: Tally) -> Signal:
+        code = self.store.commit(self.lease.job_id, self.lease.token, events=self.buffer,
+                                 hset={"progress": dumps(tally.progress())})
+        self.buffer = []
+        if code in (-1, -2):
+            return Signal.FENCED
+        if code == 1:
+            self._cancel = True
+            return Signal.CANCEL
+        return Signal.OK
+
+    def cancelled(self) -> bool:
+        return self._cancel or (self.cancel_flags is not None and self.cancel_flags.is_set(self.lease.job_id))
+
+
+class CancelListener:
+    """A thread per worker process that records cancel requests published on ``zo:cancel``,
+    so a running job sees its cancel on the next step without a Redis round trip per step."""
+
+    def __init__(self, client: redis.Redis):
+        self._ids: set[str] = set()
+        self._client = client
+        self._thread = threading.Thread(target=self._run, name="zoserve-cancel", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+                pubsub.subscribe(keys.CANCEL_CHANNEL)
+                for msg in pubsub.listen():
+                    if msg and msg.get("type") == "message":
+                        self._ids.add(msg["data"].decode())
+            except Exception:  # noqa: BLE001 - reconnect after Redis restarts
+                time.sleep(1.0)
+
+    def is_set(self, job_id: str) -> bool:
+        return job_id in self._ids
+
+
+class Heartbeat:
+    """Writes this worker's name and time into ``zo:workers`` so /readyz can count live workers."""
+
+    def __init__(self, client: redis.Redis, name: str, every: float):
+        self._client, self._name, self._every = client, name, every
+        threading.Thread(target=self._run, name="zoserve-heartbeat", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self._client.zadd(keys.WORKERS, {self._name: time.time()})
+            except Exception:  # noqa: BLE001 - keep beating after Redis restarts
+                pass
+            time.sleep(self._every)

@@ -1,0 +1,104 @@
+"""Objective adapters: turn an algorithm's :class:`Query` into an :class:`Answer`.
+
+All objective I/O lives in this package; the algorithm cannot tell a builtin function from
+an HTTP endpoint or a human. An adapter is built from the job's validated objective spec
+(``zoserve.models.objectives``) by ``registry.build_objective``.
+
+Contract (run against every adapter by ``tests/contract/test_objectives.py``):
+
+* ``evaluate(query)`` returns an :class:`Evaluation` (answer now) or :class:`Pending` (the
+  answer comes later from outside: a client program or a person). It never returns NaN or
+  inf values: it raises :class:`ObjectiveInvalid` instead, or substitutes the configured
+  penalty and counts the point as failed.
+* ``resolve(query, payload)`` turns an answer posted through the API into an
+  :class:`Evaluation`; only adapters that return :class:`Pending` implement it.
+* ``Evaluation.queries`` is what the step costs against ``budget.max_queries``.
+
+Exception tree::
+
+    ObjectiveError            base; fails the job with ``str(exc)`` as the reason
+    ├── ObjectiveTransient    retry the segment later (endpoint down, 429, 5xx past retries)
+    ├── ObjectiveInvalid      bad answer: wrong shape, NaN/inf (fail, or penalise if configured)
+    └── ObjectiveRefused      never try again (SSRF guard, bad configuration)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from torch import Tensor
+
+from workers.algorithms.base import Answer, Query
+
+
+class ObjectiveError(Exception):
+    """Base of objective failures. ``status``/``body`` describe a remote failure if any."""
+
+    def __init__(self, message: str, *, status: int | None = None, body: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.body = body
+
+
+class ObjectiveTransient(ObjectiveError):
+    """Temporary failure: the segment is retried with backoff."""
+
+
+class ObjectiveInvalid(ObjectiveError):
+    """The objective answered, but the answer is unusable."""
+
+
+class ObjectiveRefused(ObjectiveError):
+    """The objective must not be called (refused address, bad configuration)."""
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """An answer plus its cost.
+
+    Attributes:
+        answer: what the algorithm is told.
+        queries: charged against ``budget.max_queries``.
+        failed: how many of those failed (retried, penalised).
+        evaluations: candidate evaluations behind the answer (rankings: m per oracle call).
+        monitor: true objective value at the current iterate when the adapter can know it
+            without telling the algorithm (simulated oracles); shown in progress events only.
+    """
+
+    answer: Answer
+    queries: int
+    failed: int = 0
+    evaluations: int = 0
+    monitor: float | None = None
+
+
+@dataclass(frozen=True)
+class Pending:
+    """The answer must come from outside; ``payload`` is published as the pending query."""
+
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+class Objective(Protocol):
+    """Adapter from queries to answers."""
+
+    async def evaluate(self, query: Query) -> Evaluation | Pending: ...
+
+    def resolve(self, query: Query, payload: dict[str, Any]) -> Evaluation: ...
+
+    async def aclose(self) -> None: ...
+
+
+def check_values(values: Tensor, n: int) -> Tensor:
+    """Validate a ``(n,)`` value vector; raise :class:`ObjectiveInvalid` with a clear reason."""
+    import torch
+
+    values = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
+    if values.numel() != n:
+        raise ObjectiveInvalid(f"expected {n} values, got {values.numel()}")
+    bad = ~torch.isfinite(values)
+    if bool(bad.any()):
+        idx = int(bad.nonzero()[0])
+        raise ObjectiveInvalid(f"objective returned a non-finite value ({float(values[idx])}) at point {idx}")
+    return values

@@ -1,0 +1,411 @@
+"""Endpoint objective: a model behind HTTP, called in batches, with retries and an SSRF guard.
+
+One ``evaluate`` call answers all points of a step: the inputs are split into requests of at
+most ``batch_size`` rows with up to ``concurrency`` requests in flight on one pooled
+``httpx.AsyncClient`` (HTTP/2 where the server offers it). Each request is retried with
+exponential backoff and jitter on connect errors, timeouts, 408, 429 and 5xx, honouring
+``Retry-After``. Redirects are followed by hand (at most 3), each hop re-checked by the guard;
+spec headers are dropped when a redirect leaves the origin.
+
+Failure mapping (the tree is drawn in ``base.py``):
+
+* retries exhausted, or a non-retryable 4xx -> :class:`ObjectiveError` naming the endpoint,
+  the status and a body excerpt (≤ 200 chars); timeouts say "timed out after Ns";
+* ``Retry-After`` longer than ``MAX_RETRY_AFTER_S`` -> :class:`ObjectiveTransient` (the
+  segment is rescheduled instead of holding the worker);
+* wrong shape, NaN or inf -> :class:`ObjectiveInvalid`, or with ``on_invalid="penalize"`` the
+  point gets ``penalty`` and counts as failed;
+* refused address or bad configuration -> :class:`ObjectiveRefused`.
+
+Header values are secrets: they are never logged and never appear in messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import httpcore
+import httpx
+import torch
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+from torch import Tensor
+from zoserve.models.endpoint import EndpointObjective as EndpointSpec
+
+from workers.algorithms.base import Answer, Query
+from workers.objectives.base import (
+    Evaluation,
+    ObjectiveError,
+    ObjectiveInvalid,
+    ObjectiveRefused,
+    ObjectiveTransient,
+)
+from workers.objectives.guard import GuardedBackend, check_url
+
+MAX_REDIRECTS = 3
+MAX_RETRY_AFTER_S = 60.0
+MAX_RESPONSE_BYTES = 64 * 2**20
+EXCERPT_CHARS = 200
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+class _Retryable(Exception):
+    """An attempt that may succeed if repeated (status 408/429/5xx, or a timeout)."""
+
+    def __init__(self, status: int | None, body: str, retry_after: float | None = None):
+        super().__init__(status)
+        self.status, self.body, self.retry_after = status, body, retry_after
+
+
+def answer_from_values(query: Query, values: Tensor) -> Answer:
+    """Answer a values query directly, or a ranking query by sorting (equal values are ties)."""
+    if query.kind == "values":
+        return Answer(values=values)
+    order = torch.argsort(values, stable=True)[: query.k or len(values)].tolist()
+    ranked = values[order].tolist()
+    ties, start = [], 0
+    for i in range(1, len(order) + 1):
+        if i == len(order) or ranked[i] != ranked[start]:
+            if i - start > 1:
+                ties.append(tuple(order[start:i]))
+            start = i
+    return Answer(ranking=tuple(order), ties=tuple(ties))
+
+
+def _tensor(obj: Any) -> Tensor:
+    try:
+        return torch.tensor(obj, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise ObjectiveInvalid("outputs are not a rectangular array of numbers") from None
+
+
+def parse_json_outputs(body: Any, m: int, name: str | None = None) -> Tensor:
+    """``{"outputs": [...]}`` -> ``(m, k)``: one number or one vector per input."""
+    if not isinstance(body, dict) or "outputs" not in body:
+        raise ObjectiveInvalid("answer has no 'outputs' field")
+    out = _tensor(body["outputs"])
+    if out.ndim == 0 or out.shape[0] != m:
+        raise ObjectiveInvalid(f"expected outputs for {m} inputs, got shape {list(out.shape)}")
+    return out.reshape(m, -1)
+
+
+def parse_v2_outputs(body: Any, m: int, name: str | None = None) -> Tensor:
+    """Open Inference Protocol v2 ``{"outputs": [{"name", "shape", "datatype", "data"}]}`` -> ``(m, k)``."""
+    outs = body.get("outputs") if isinstance(body, dict) else None
+    if not isinstance(outs, list) or not outs or not all(isinstance(o, dict) for o in outs):
+        raise ObjectiveInvalid("answer has no 'outputs' tensors")
+    picked = next((o for o in outs if o.get("name") == name), None) if name else outs[0]
+    if picked is None:
+        raise ObjectiveInvalid(f"answer has no output tensor named {name!r}")
+    shape, data = picked.get("shape"), _tensor(picked.get("data")).flatten()
+    if not isinstance(shape, list) or not shape or not all(isinstance(s, int) for s in shape):
+        raise ObjectiveInvalid(f"output tensor has an invalid shape {shape!r}")
+    if math.prod(shape) != data.numel() or shape[0] != m:
+        raise ObjectiveInvalid(f"expected outputs for {m} inputs, got shape {shape} with {data.numel()} values")
+    return data.reshape(m, -1)
+
+
+def loss_of_outputs(outputs: Tensor, spec: EndpointSpec) -> Tensor:
+    """Per-input value to minimise from ``(m, k)`` outputs (scalar, CE, C&W margin or MSE)."""
+    m, k = outputs.shape
+    if spec.output == "scalar":
+        if k != 1:
+            raise ObjectiveInvalid(f"expected one number per input, got {k}")
+        values = outputs[:, 0]
+    elif spec.output == "mse":
+        target = torch.tensor(spec.targets, dtype=torch.float64)
+        if target.numel() != k:
+            raise ObjectiveRefused(f"targets has {target.numel()} values but the endpoint returns {k} per input")
+        values = ((outputs - target) ** 2).mean(1)
+    else:
+        y = int(spec.targets)  # type: ignore[arg-type]  # validated: an int for CE and margin
+        if not 0 <= y < k or k < 2:
+            raise ObjectiveRefused(f"targets={y} but the endpoint returns {k} classes")
+        z = outputs.clamp_min(1e-30).log() if spec.scores == "probabilities" else outputs
+        if spec.output == "cross_entropy":
+            values = -torch.log_softmax(z, dim=1)[:, y]
+        else:  # Carlini & Wagner (2017) f_6, untargeted form: max(z_y - max_{j!=y} z_j, -kappa)
+            others = z.clone()
+            others[:, y] = -math.inf
+            values = (z[:, y] - others.max(1).values).clamp_min(-spec.kappa)
+    return -values if spec.negate else values
+
+
+def guarded_transport(allow: Sequence[str], max_connections: int) -> httpx.AsyncHTTPTransport:
+    """An HTTP/2-capable transport whose every TCP connect goes through :class:`GuardedBackend`."""
+    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+    transport = httpx.AsyncHTTPTransport(http2=True, limits=limits, trust_env=False)
+    # Deliberate: httpx exposes no network-backend option, so swap its httpcore pool for one
+    # with the guarded backend (tests/contract/test_objectives.py pins that this works).
+    assert isinstance(transport._pool, httpcore.AsyncConnectionPool)
+    transport._pool = httpcore.AsyncConnectionPool(
+        ssl_context=httpx.create_ssl_context(),
+        max_connections=limits.max_connections,
+        max_keepalive_connections=limits.max_keepalive_connections,
+        keepalive_expiry=5.0,
+        http1=True,
+        http2=True,
+        network_backend=GuardedBackend(allow),
+    )
+    return transport
+
+
+def _public_url(url: httpx.URL | str) -> str:
+    """The URL without credentials or query string (those may carry secrets)."""
+    u = httpx.URL(str(url))
+    return str(u.copy_with(userinfo=b"", query=None, fragment=None))
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP-date)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+class EndpointObjective:
+    """Adapter from queries to endpoint calls (see module docstring).
+
+    Args:
+        spec: the validated endpoint spec.
+        allow: operator allow-list for the SSRF guard (host names, IPs, CIDRs).
+        transport: replaces the guarded transport (tests, benchmarks); the URL is still checked.
+    """
+
+    def __init__(self, spec: EndpointSpec, *, allow: Sequence[str] = (), transport: httpx.AsyncBaseTransport | None = None):
+        self.spec = spec
+        self.allow = tuple(allow)
+        self.dim: int = spec.dim if spec.dim is not None else len(spec.base or ())
+        self.url = str(spec.url)
+        if spec.protocol == "v2":
+            version = f"/versions/{spec.model_version}" if spec.model_version else ""
+            self.url = f"{self.url.rstrip('/')}/v2/models/{spec.model}{version}/infer"
+        self._base = torch.tensor(spec.base, dtype=torch.float64) if spec.base is not None else None
+        self._transport = transport
+        self._http: httpx.AsyncClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._slots = asyncio.Semaphore(spec.concurrency)
+        self._checked = False
+
+    def default_x0(self) -> Tensor:
+        """Start point: zero perturbation, else ``base`` (clipped), else zeros."""
+        if self.spec.input_mode == "perturbation" or self._base is None:
+            return torch.zeros(self.dim, dtype=torch.float64)
+        return self._clip(self._base.clone())
+
+    def inputs_of(self, points: Tensor) -> Tensor:
+        """The inputs sent for ``(n, dim)`` points; perturbation: clip(base + clamp(x, ±eps))."""
+        x = torch.as_tensor(points, dtype=torch.float64).reshape(-1, self.dim)
+        if self.spec.input_mode == "perturbation":
+            assert self._base is not None and self.spec.epsilon is not None
+            # Deliberate: a clamp (projection onto the L∞ ball) rather than eps*tanh(x), so the
+            # optimiser's steps are in input units; coordinates past ±eps just saturate.
+            x = self._base + x.clamp(-self.spec.epsilon, self.spec.epsilon)
+        return self._clip(x)
+
+    def _clip(self, x: Tensor) -> Tensor:
+        if self.spec.clip_lo is None and self.spec.clip_hi is None:
+            return x
+        return x.clamp(self.spec.clip_lo, self.spec.clip_hi)
+
+    async def evaluate(self, query: Query) -> Evaluation:
+        """Values (or a ranking) for every point of the query, in batched concurrent requests."""
+        points = torch.as_tensor(query.points)
+        if points.ndim != 2 or points.shape[1] != self.dim:
+            raise ObjectiveRefused(f"query points have shape {tuple(points.shape)}; expected (n, {self.dim})")
+        inputs = self.inputs_of(points)
+        results = await self._gather(inputs, self._values_chunk)
+        values = torch.cat([v for v, _ in results])
+        retried = torch.cat([r for _, r in results])
+        bad = ~torch.isfinite(values)
+        if bool(bad.any()) and self.spec.on_invalid == "fail":
+            i = int(bad.nonzero()[0])
+            raise ObjectiveInvalid(f"endpoint {_public_url(self.url)} gave a non-finite value ({float(values[i])}) at point {i}")
+        values = torch.where(bad, torch.full_like(values, self.spec.penalty), values)
+        n = len(values)
+        return Evaluation(answer_from_values(query, values), queries=n, failed=int((bad | retried).sum()), evaluations=n)
+
+    async def predict(self, inputs: Tensor) -> Tensor:
+        """Raw outputs ``(n, k)`` for ``(n, dim)`` inputs (used by the metric objective)."""
+        results = await self._gather(torch.as_tensor(inputs, dtype=torch.float64), self._outputs_chunk)
+        return torch.cat([out for out, _ in results])
+
+    def resolve(self, query: Query, payload: dict[str, Any]) -> Evaluation:
+        """Endpoint objectives answer at once; nothing is ever pending."""
+        raise NotImplementedError("endpoint objectives never return Pending")
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        if self._http is not None:
+            await self._http.aclose()
+        self._http = None
+
+    async def _gather(self, inputs: Tensor, fn: Any) -> list[tuple[Tensor, Any]]:
+        """Run ``fn`` on each batch of ≤ batch_size rows, ``concurrency`` at a time, in order."""
+        if not bool(torch.isfinite(inputs).all()):
+            raise ObjectiveInvalid("a query point has non-finite coordinates")
+        await self._ensure_client()
+        chunks = torch.split(inputs, self.spec.batch_size)
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(fn(chunk)) for chunk in chunks]
+        except BaseExceptionGroup as eg:  # first failure wins; the other requests are cancelled
+            raise eg.exceptions[0] from None
+        return [task.result() for task in tasks]
+
+    async def _values_chunk(self, chunk: Tensor) -> tuple[Tensor, Tensor]:
+        """Loss values ``(m,)`` and a "needed a retry" mask; an invalid answer gives NaN when penalising."""
+        m = len(chunk)
+        try:
+            outputs, retried = await self._outputs_chunk(chunk)
+        except ObjectiveInvalid:
+            if self.spec.on_invalid == "fail":
+                raise
+            return torch.full((m,), math.nan, dtype=torch.float64), torch.ones(m, dtype=torch.bool)
+        values = loss_of_outputs(outputs, self.spec)
+        return values, torch.full((m,), retried, dtype=torch.bool)
+
+    async def _outputs_chunk(self, chunk: Tensor) -> tuple[Tensor, bool]:
+        body = self._encode(chunk)
+        async with self._slots:
+            data, attempts = await self._call_with_retries(body)
+        try:
+            parsed = json.loads(data)
+        except ValueError:
+            raise ObjectiveInvalid(f"endpoint {_public_url(self.url)} answered with invalid JSON: {data[:EXCERPT_CHARS]!r}") from None
+        parse = parse_v2_outputs if self.spec.protocol == "v2" else parse_json_outputs
+        try:
+            return parse(parsed, len(chunk), self.spec.output_name), attempts > 1
+        except ObjectiveInvalid as exc:
+            raise ObjectiveInvalid(f"endpoint {_public_url(self.url)}: {exc}") from None
+
+    def _encode(self, chunk: Tensor) -> bytes:
+        """The request body for one batch (json or Open Inference Protocol v2)."""
+        spec, m = self.spec, len(chunk)
+        shape = [m, *(spec.input_shape or [self.dim])]
+        if spec.protocol == "v2":
+            tensor = {"name": spec.input_name, "shape": shape, "datatype": spec.datatype, "data": chunk.flatten().tolist()}
+            body: dict[str, Any] = {"inputs": [tensor]}
+            if spec.payload:
+                body["parameters"] = spec.payload
+        else:
+            body = dict(spec.payload or {})
+            body["params" if spec.input_mode == "params" else "inputs"] = chunk.reshape(shape).tolist()
+        return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+
+    async def _ensure_client(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._http is not None and self._loop is loop:
+            return
+        # A new event loop (e.g. a new asyncio.run per segment): the old pool is unusable there.
+        self._loop, self._slots = loop, asyncio.Semaphore(self.spec.concurrency)
+        if not self._checked:
+            await check_url(self.url, self.allow)
+            self._checked = True
+        transport = self._transport or guarded_transport(self.allow, self.spec.concurrency)
+        self._http = httpx.AsyncClient(
+            transport=transport, timeout=self.spec.timeout_s, follow_redirects=False, trust_env=False
+        )
+
+    async def _call_with_retries(self, body: bytes) -> tuple[bytes, int]:
+        """POST ``body`` with retries; returns the response bytes and the attempts used."""
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.spec.retries + 1),
+            wait=self._wait,
+            retry=retry_if_exception_type((httpx.TransportError, _Retryable)),
+            reraise=True,
+        )
+        attempt_no = 0
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    attempt_no = attempt.retry_state.attempt_number
+                    return await self._post(body), attempt_no
+        except _Retryable as exc:
+            if exc.status is None:
+                raise ObjectiveError(self._timeout_message(attempt_no)) from None
+            raise ObjectiveError(
+                f"endpoint {_public_url(self.url)} answered {exc.status} after {attempt_no} attempts: {exc.body}",
+                status=exc.status, body=exc.body,
+            ) from None
+        except httpx.TimeoutException:
+            raise ObjectiveError(self._timeout_message(attempt_no)) from None
+        except httpx.TransportError as exc:
+            raise ObjectiveError(
+                f"endpoint {_public_url(self.url)} unreachable after {attempt_no} attempts: {type(exc).__name__}"
+            ) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _timeout_message(self, attempts: int) -> str:
+        return f"endpoint {_public_url(self.url)} timed out after {self.spec.timeout_s:g}s ({attempts} attempts)"
+
+    def _wait(self, state: RetryCallState) -> float:
+        """Retry-After when the server sent one, else exponential backoff with jitter."""
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, _Retryable) and exc.retry_after is not None:
+            return exc.retry_after
+        backoff = self.spec.backoff_s
+        return float(wait_exponential_jitter(initial=backoff, max=30.0, jitter=backoff)(state))
+
+    async def _post(self, body: bytes) -> bytes:
+        """One attempt: POST, following ≤ MAX_REDIRECTS redirects by hand, each hop re-checked."""
+        assert self._http is not None
+        url, headers = httpx.URL(self.url), self.spec.header_values()
+        try:
+            async with asyncio.timeout(self.spec.timeout_s):
+                for _ in range(MAX_REDIRECTS + 1):
+                    request = self._http.build_request(
+                        "POST", url, content=body, headers={**headers, "content-type": "application/json"}
+                    )
+                    response = await self._http.send(request, stream=True)
+                    try:
+                        data = await self._read(response)
+                    finally:
+                        await response.aclose()
+                    if response.status_code not in _REDIRECTS or "location" not in response.headers:
+                        return self._check_status(response, data)
+                    target = url.join(response.headers["location"])
+                    await check_url(str(target), self.allow)
+                    if target.scheme != url.scheme or target.host != url.host or target.port != url.port:
+                        headers = {}  # never send credentials to another origin
+                    # Deliberate: keep POST and the body on 301/302/303 too (curl --post30x):
+                    # an inference call has no GET form.
+                    url = target
+        except TimeoutError:
+            raise _Retryable(None, "") from None
+        raise ObjectiveError(f"endpoint {_public_url(self.url)} redirected more than {MAX_REDIRECTS} times")
+
+    async def _read(self, response: httpx.Response) -> bytes:
+        parts, size = [], 0
+        async for part in response.aiter_bytes():
+            size += len(part)
+            if size > MAX_RESPONSE_BYTES:
+                raise ObjectiveInvalid(f"endpoint {_public_url(self.url)} answered more than {MAX_RESPONSE_BYTES} bytes")
+            parts.append(part)
+        return b"".join(parts)
+
+    def _check_status(self, response: httpx.Response, data: bytes) -> bytes:
+        status = response.status_code
+        if status < 300:
+            return data
+        excerpt = data[:EXCERPT_CHARS].decode("utf-8", "replace")
+        if status in (408, 429) or status >= 500:
+            retry_after = _retry_after(response.headers.get("retry-after"))
+            if retry_after is not None and retry_after > MAX_RETRY_AFTER_S:
+                raise ObjectiveTransient(
+                    f"endpoint {_public_url(self.url)} asked to retry after {retry_after:.0f}s", status=status, body=excerpt
+                )
+            raise _Retryable(status, excerpt, retry_after)
+        raise ObjectiveError(f"endpoint {_public_url(self.url)} answered {status}: {excerpt}", status=status, body=excerpt)

@@ -1,0 +1,42 @@
+"""Objective kind -> adapter. The one place that turns a validated spec into an adapter."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .base import Objective
+
+Factory = Callable[[Any, int, Any], Objective]
+_FACTORIES: dict[str, Factory] = {}
+
+
+def register(kind: str) -> Callable[[Factory], Factory]:
+    def deco(factory: Factory) -> Factory:
+        _FACTORIES[kind] = factory
+        return factory
+
+    return deco
+
+
+@register("builtin")
+def _builtin(spec: Any, seed: int, settings: Any) -> Objective:
+    from .builtin import BuiltinObjective
+
+    return BuiltinObjective(spec.function, spec.dim, spec.noise, seed)
+
+
+@register("client")
+def _client(spec: Any, seed: int, settings: Any) -> Objective:
+    from .client import ClientObjective
+
+    return ClientObjective(spec.dim)
+
+
+def build_objective(spec: Any, seed: int, settings: Any) -> Objective:
+    """Build the adapter for a validated objective spec (``spec.kind`` picks the factory)."""
+    try:
+        factory = _FACTORIES[spec.kind]
+    except KeyError:
+        raise ValueError(f"no adapter for objective kind {spec.kind!r}") from None
+    return factory(spec, seed, settings)

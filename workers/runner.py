@@ -1,0 +1,229 @@
+"""The runner: the only optimisation loop. ask → evaluate → tell → publish → check → repeat.
+
+No celery or redis here: a :class:`Sink` receives progress and answers "keep going?", so the
+same loop runs inside a Celery segment and in-process (``bench/``, tests).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from workers.algorithms.base import Algorithm, Query
+from workers.objectives.base import Evaluation, Objective, Pending
+
+
+class Outcome(str, enum.Enum):
+    CONTINUE = "continue"  # time slice used up: checkpoint and requeue
+    WAITING = "waiting"  # needs an outside answer
+    DONE = "done"  # budget reached
+    CANCELLED = "cancelled"
+    FENCED = "fenced"  # a newer segment owns the job: stop writing
+
+
+class Signal(str, enum.Enum):
+    OK = "ok"
+    CANCEL = "cancel"
+    FENCED = "fenced"
+
+
+class Sink(Protocol):
+    """Where progress goes. ``flush`` persists buffered events and reports cancel/fencing."""
+
+    def progress(self, event: dict[str, Any]) -> None: ...
+
+    def flush(self, tally: "Tally") -> Signal: ...
+
+    def cancelled(self) -> bool: ...
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_steps: int | None = None
+    max_queries: int | None = None
+    max_seconds: float | None = None
+    segment_seconds: float = float("inf")
+    flush_seconds: float = 0.05
+
+
+@dataclass
+class Tally:
+    """The runner's bookkeeping, checkpointed with the algorithm state under ``run.*`` keys."""
+
+    step: int = 0
+    queries: int = 0
+    failed: int = 0
+    evaluations: int = 0
+    elapsed: float = 0.0
+    value: float | None = None
+    best_value: float | None = None
+    x_best: Tensor | None = None
+    published_step: int = 0  # highest step already in the event stream (replays stay silent)
+    pending: str = ""  # id of the query the job waits on
+
+    def to_state(self) -> dict[str, Any]:
+        out: dict[str, Any] = {f"run.{k}": v for k, v in self.__dict__.items() if v is not None and k != "x_best"}
+        if self.x_best is not None:
+            out["run.x_best"] = self.x_best
+        return out
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "Tally":
+        kw = {k[4:]: v for k, v in state.items() if k.startswith("run.")}
+        return cls(**kw)
+
+    def progress(self) -> dict[str, Any]:
+        return {"step": self.step, "queries": self.queries, "failed_queries": self.failed,
+                "evaluations": self.evaluations, "value": self.value, "best_value": self.best_value}
+
+
+@dataclass
+class SegmentResult:
+    outcome: Outcome
+    state: dict[str, Any]
+    tally: Tally
+    reason: str = ""
+    query: Query | None = None
+    pending: Pending | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def split_state(state: dict[str, Any]) -> tuple[dict[str, Any], Tally]:
+    """Separate the algorithm's state from the runner's tally."""
+    return {k: v for k, v in state.items() if not k.startswith("run.")}, Tally.from_state(state)
+
+
+def budget_reason(tally: Tally, limits: Limits, next_cost: int = 0) -> str | None:
+    """Why the job must stop now, or None."""
+    if limits.max_steps is not None and tally.step >= limits.max_steps:
+        return f"max_steps ({limits.max_steps}) reached"
+    if limits.max_queries is not None and tally.queries + next_cost > limits.max_queries:
+        return f"max_queries ({limits.max_queries}) reached"
+    if limits.max_seconds is not None and tally.elapsed >= limits.max_seconds:
+        return f"max_seconds ({limits.max_seconds:g}) reached"
+    return None
+
+
+def query_cost(query: Query) -> int:
+    """Budget charged for a query: one per point, one per oracle call for rankings."""
+    return 1 if query.kind == "ranking" else int(query.points.shape[0])
+
+
+def _record(tally: Tally, algo: Algorithm, state: dict[str, Any], ev: Evaluation, info_value: float | None,
+            info_x: Tensor) -> None:
+    tally.step += 1
+    tally.queries += ev.queries
+    tally.failed += ev.failed
+    tally.evaluations += ev.evaluations or ev.queries
+    value = info_value if info_value is not None else ev.monitor
+    tally.value = value
+    if info_value is not None:
+        if tally.best_value is None or info_value < tally.best_value:
+            tally.best_value, tally.x_best = info_value, info_x
+    else:  # rankings: the algorithm cannot know values; its iterate is its answer
+        tally.x_best = algo.x_of(state)
+        if value is not None and (tally.best_value is None or value < tally.best_value):
+            tally.best_value = value
+
+
+def _event(tally: Tally, extra: dict[str, float]) -> dict[str, Any]:
+    return {"type": "progress", "time": datetime.now(timezone.utc).isoformat(), **tally.progress(), "extra": extra}
+
+
+async def run_segment(algo: Algorithm, state: dict[str, Any], objective: Objective, sink: Sink, limits: Limits,
+                      answer: dict[str, Any] | None = None) -> SegmentResult:
+    """Run steps until the budget, the time slice, a cancel or an outside answer stops them.
+
+    Args:
+        state: algorithm state merged with the runner tally (``run.*``), as checkpointed.
+        answer: the payload that answers ``tally.pending`` when the job resumes after waiting.
+    """
+    algo_state, tally = split_state(state)
+    t0 = last_flush = time.monotonic()
+    elapsed0 = tally.elapsed
+
+    def result(outcome: Outcome, reason: str = "", **kw: Any) -> SegmentResult:
+        tally.elapsed = elapsed0 + (time.monotonic() - t0)
+        return SegmentResult(outcome, {**algo_state, **tally.to_state()}, tally, reason, **kw)
+
+    def told(query: Query, ev: Evaluation) -> None:
+        nonlocal algo_state
+        algo_state, info = algo.tell(algo_state, query, ev.answer)  # type: ignore[assignment]
+        _record(tally, algo, algo_state, ev, info.value, info.x)
+        if tally.step > tally.published_step:
+            sink.progress(_event(tally, info.extra))
+            tally.published_step = tally.step
+
+    if tally.pending:
+        query = algo.ask(algo_state)
+        if answer is None:
+            return result(Outcome.WAITING, "waiting for an answer", query=query)
+        told(query, objective.resolve(query, answer))
+        tally.pending = ""
+
+    while True:
+        if sink.cancelled():
+            return result(Outcome.CANCELLED, "cancelled")
+        reason = budget_reason(tally, limits)
+        if reason:
+            return result(Outcome.DONE, reason)
+        now = time.monotonic()
+        if now - t0 >= limits.segment_seconds:
+            return result(Outcome.CONTINUE, "time slice used")
+        if limits.max_seconds is not None and elapsed0 + now - t0 >= limits.max_seconds:
+            return result(Outcome.DONE, f"max_seconds ({limits.max_seconds:g}) reached")
+        query = algo.ask(algo_state)
+        reason = budget_reason(tally, limits, query_cost(query))
+        if reason:
+            return result(Outcome.DONE, reason)
+        ev = await objective.evaluate(query)
+        if isinstance(ev, Pending):
+            tally.pending = f"q{tally.step + 1}"
+            return result(Outcome.WAITING, "waiting for an answer", query=query, pending=ev)
+        told(query, ev)
+        if time.monotonic() - last_flush >= limits.flush_seconds:
+            last_flush = time.monotonic()
+            signal = sink.flush(tally)
+            if signal is Signal.FENCED:
+                return result(Outcome.FENCED, "a newer segment owns the job")
+            if signal is Signal.CANCEL:
+                return result(Outcome.CANCELLED, "cancelled")
+
+
+class MemorySink:
+    """A sink that keeps events in memory (in-process runs, benchmarks, tests)."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def progress(self, event: dict[str, Any]) -> None:
+        self.events.append(event)
+
+    def flush(self, tally: Tally) -> Signal:
+        return Signal.OK
+
+    def cancelled(self) -> bool:
+        return False
+
+
+def initial_state(algo: Algorithm, x0: Tensor, seed: int) -> dict[str, Any]:
+    """The first checkpoint of a job."""
+    return {**algo.init(x0.to(torch.float64), seed), **Tally().to_state()}
+
+
+def result_body(tally: Tally, reason: str, x_fallback: Tensor) -> dict[str, Any]:
+    """The ``Result`` of a finished job as JSON-able dict."""
+    x = tally.x_best if tally.x_best is not None else x_fallback
+    return {"x_best": [float(v) for v in x.reshape(-1).tolist()], "value_best": tally.best_value,
+            "steps": tally.step, "queries": tally.queries, "reason": reason, "artifacts": []}
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"))
