@@ -62,3 +62,8 @@ def client(api_url: str) -> Iterator["zoserve.Client"]:  # type: ignore[name-def
 
     with zoserve.Client(api_url, api_key=API_KEY) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    return "asyncio"

@@ -103,7 +103,13 @@ class AsyncJobs:
                             yield event
                             if event.type in ("result", "error"):
                                 return
-                return  # the server closed the stream: the job was already finished
+                # closed without a terminal event: catch up as JSON, then reconnect if still running
+                page = await self.poll_events(job_id, after=decoder.last_id or "0", limit=10_000)
+                for event in page.items:
+                    decoder.last_id = event.id
+                    yield event
+                if page.done:
+                    return
             except (httpx.TransportError, httpx.RemoteProtocolError) as exc:
                 failures += 1
                 if failures > RECONNECT_LIMIT:
@@ -112,7 +118,7 @@ class AsyncJobs:
 
     async def wait(self, job_id: str, progress: bool = False) -> AsyncJob:
         """Block until the job ends; returns it, or raises :class:`JobFailed`. ``progress`` draws a bar."""
-        bar = None
+        bar, last = None, None
         if progress:
             job = await self.get(job_id)
             total, unit = budget_total(job)
@@ -120,7 +126,11 @@ class AsyncJobs:
         try:
             async for ev in self.events(job_id):
                 if bar is not None and isinstance(ev, ProgressEvent):
+                    last = ev
                     bar.update(ev.step if bar.unit == "steps" else ev.queries, ev.best_value)
+                elif bar is not None and last is not None and ev.type in ("result", "error"):
+                    bar.update(last.step if bar.unit == "steps" else last.queries, last.best_value,
+                               ev.status.value, force=True)
         finally:
             if bar is not None:
                 bar.close()

@@ -102,7 +102,13 @@ class Jobs:
                             yield event
                             if event.type in ("result", "error"):
                                 return
-                return  # the server closed the stream: the job was already finished
+                # closed without a terminal event: catch up as JSON, then reconnect if still running
+                page = self.poll_events(job_id, after=decoder.last_id or "0", limit=10_000)
+                for event in page.items:
+                    decoder.last_id = event.id
+                    yield event
+                if page.done:
+                    return
             except (httpx.TransportError, httpx.RemoteProtocolError) as exc:
                 failures += 1
                 if failures > RECONNECT_LIMIT:
@@ -111,7 +117,7 @@ class Jobs:
 
     def wait(self, job_id: str, progress: bool = False) -> Job:
         """Block until the job ends; returns it, or raises :class:`JobFailed`. ``progress`` draws a bar."""
-        bar = None
+        bar, last = None, None
         if progress:
             job = self.get(job_id)
             total, unit = budget_total(job)
@@ -119,7 +125,11 @@ class Jobs:
         try:
             for ev in self.events(job_id):
                 if bar is not None and isinstance(ev, ProgressEvent):
+                    last = ev
                     bar.update(ev.step if bar.unit == "steps" else ev.queries, ev.best_value)
+                elif bar is not None and last is not None and ev.type in ("result", "error"):
+                    bar.update(last.step if bar.unit == "steps" else last.queries, last.best_value,
+                               ev.status.value, force=True)
         finally:
             if bar is not None:
                 bar.close()

@@ -60,6 +60,7 @@ def test_wait_with_progress_bar(client: zoserve.Client, capsys: pytest.CaptureFi
     assert "50/50 steps" in capsys.readouterr().err
 
 
+@pytest.mark.anyio
 async def test_async_client_twin(api_url: str) -> None:
     from tests.conftest import API_KEY
 

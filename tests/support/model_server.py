@@ -16,7 +16,7 @@ Routes:
 Fault injection (all answer like /predict once they let a request through):
     POST /slow?delay=S                 sleeps S seconds first
     POST /flaky?key=K&fail=N           500 for the first N calls per key
-    POST /ratelimit?key=K&times=N      429 with Retry-After: 0 for the first N calls per key
+    POST /ratelimit?key=K&times=N&after=S  429 with Retry-After: S (default 0) for the first N calls per key
     POST /nan?rows=I,J                 NaN in the given output rows (default: row 0)
     POST /wrongshape                   one output row fewer than inputs
     POST /redirect?to=URL              302 to URL
@@ -66,18 +66,21 @@ def trained_model() -> torch.nn.Module:
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(p.shape[-1]))
     opt = torch.optim.Adam(model.parameters(), lr=0.02)
-    for _ in range(150):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(x / 16.0), y).backward()
-        opt.step()
+    with torch.enable_grad():  # callers may be inside no_grad
+        for _ in range(150):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x / 16.0), y).backward()
+            opt.step()
+    model.requires_grad_(False)
     model.eval()
     return model
 
 
 def predict(inputs: torch.Tensor) -> torch.Tensor:
     """Logits ``(n, 10)`` for raw-pixel inputs ``(n, 64)``."""
+    model = trained_model()
     with torch.no_grad():
-        return trained_model()(inputs.to(torch.float32) / 16.0)
+        return model(inputs.to(torch.float32) / 16.0)
 
 
 def _rows(body: dict[str, Any], key: str = "inputs") -> torch.Tensor:
@@ -104,10 +107,10 @@ def _add_fault_routes(app: FastAPI, calls: Counter[str]) -> None:
         return _logits_json(await request.json())
 
     @app.post("/ratelimit")
-    async def ratelimit(request: Request, key: str = "default", times: int = 1) -> Any:
+    async def ratelimit(request: Request, key: str = "default", times: int = 1, after: str = "0") -> Any:
         calls["ratelimit:" + key] += 1
         if calls["ratelimit:" + key] <= times:
-            return JSONResponse({"error": "slow down"}, status_code=429, headers={"Retry-After": "0"})
+            return JSONResponse({"error": "slow down"}, status_code=429, headers={"Retry-After": after})
         return _logits_json(await request.json())
 
     @app.post("/nan")
@@ -124,11 +127,13 @@ def _add_fault_routes(app: FastAPI, calls: Counter[str]) -> None:
         return {"outputs": predict(_rows(await request.json()))[:-1].tolist()}
 
     @app.post("/redirect")
-    async def redirect(to: str) -> Any:
+    async def redirect(request: Request, to: str) -> Any:
+        calls["redirect"] += 1
         return RedirectResponse(to, status_code=302)
 
     @app.post("/auth")
     async def auth(request: Request) -> Any:
+        calls["auth"] += 1
         if request.headers.get("authorization") != f"Bearer {TOKEN}":
             return JSONResponse({"error": "unauthorized"}, status_code=401)
         return _logits_json(await request.json())

@@ -130,6 +130,9 @@ def test_direction_distributions() -> None:
     assert torch.allclose(sphere.norm(dim=1), torch.ones(100, dtype=torch.float64))
     rad = sample_directions("rademacher", 100, D, g, torch.float64, torch.device("cpu"))
     assert set(rad.unique().tolist()) == {-1.0, 1.0}
+    many = sample_directions("rademacher", 4000, 31 * 3 + 1, g, torch.float64, torch.device("cpu"))
+    assert float(many.mean(0).abs().max()) < 0.07  # every bit position is a fair coin
+    assert float((many.T @ many / 4000 - torch.eye(94, dtype=torch.float64)).abs().max()) < 0.08  # E[uuᵀ] = I
     gauss = sample_directions("gaussian", 2000, D, g, torch.float64, torch.device("cpu"))
     assert abs(float(gauss.pow(2).mean()) - 1.0) < 0.03
     again = sample_directions("gaussian", 2000, D, torch.Generator().manual_seed(0), torch.float64, torch.device("cpu"))

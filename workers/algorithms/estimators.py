@@ -13,6 +13,8 @@ a step is in the batch, so an objective can evaluate a step in one vectorised ca
 
   with c = 1 for Gaussian or Rademacher u_j (E[u uᵀ] = I) and c = d for u_j uniform on the
   unit sphere (E[u uᵀ] = I/d), which makes the sphere form unbiased for the smoothed f.
+  (Deliberate: DeepZero's code drops the d/μ factor and normalises per tensor, brief §9.3;
+  we keep the paper's form so that one learning rate means the same for every direction law.)
 * **CGE** (coordinate-wise gradient estimate, DeepZero eq. 2)::
 
       forward:  ĝ_i = [f(x + μ e_i) − f(x)] / μ              d + 1 queries
@@ -169,12 +171,21 @@ def sample_directions(
     distribution with E[u uᵀ] = I keeps RGE unbiased).
     """
     if kind == "rademacher":
-        bits = torch.randint(0, 2, (q, d), generator=gen, dtype=torch.int8, device=device)
-        return bits.to(dtype) * 2 - 1
+        return _rademacher(q, d, gen, dtype, device)
     z = torch.randn(q, d, generator=gen, dtype=torch.float32, device=device).to(dtype)
     if kind == "sphere":
         z = z / torch.linalg.vector_norm(z, dim=1, keepdim=True)
     return z
+
+
+def _rademacher(q: int, d: int, gen: torch.Generator, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """±1 signs unpacked from 31 random bits per draw: ~2× faster on CPU than one
+    ``randint(0, 2)`` draw per sign (the bits of a uniform integer below 2³¹ are iid fair)."""
+    n = q * d
+    words = torch.randint(0, 2**31, ((n + 30) // 31, 1), generator=gen, dtype=torch.int32, device=device)
+    shifts = torch.arange(31, dtype=torch.int32, device=device)
+    bits = ((words >> shifts) & 1).to(dtype).reshape(-1)[:n]
+    return bits.reshape(q, d).mul_(2).sub_(1)
 
 
 def _check_common(q: int, mu: float, difference: str) -> None:

@@ -53,8 +53,10 @@ class GPFit(NamedTuple):
 def kernel_of_distance(r: Tensor, ls: Tensor | float, kernel: str) -> Tensor:
     """k(r) with unit amplitude: Matérn-5/2 (the official code's GP) or SE."""
     if kernel == "matern52":
-        s = _SQRT5 * r / ls
-        return (1.0 + s + s * s / 3.0) * torch.exp(-s)
+        s = r * (_SQRT5 / ls)  # a fresh tensor: the in-place ops below touch nothing else
+        poly = s * s
+        poly.mul_(1.0 / 3.0).add_(s).add_(1.0)
+        return poly.mul_(torch.exp_(s.neg_()))
     if kernel == "se":
         return torch.exp(-0.5 * (r / ls) ** 2)
     raise ValueError(f"unknown kernel {kernel!r}")

@@ -195,7 +195,7 @@ class ZORankSGD:
 
     def _lr(self, t: int) -> float:
         if self.schedule == "decay":
-            return self.lr / (1.0 + t / self.decay_steps) ** self.decay_power
+            return self.lr / float((1.0 + t / self.decay_steps) ** self.decay_power)
         return self.lr
 
 

@@ -32,7 +32,7 @@ from torch import Tensor
 from zoserve.models.endpoint import MetricObjective as MetricSpec
 
 from workers.algorithms.base import Query
-from workers.objectives.base import Evaluation, ObjectiveRefused
+from workers.objectives.base import Evaluation, ObjectiveInvalid, ObjectiveRefused
 from workers.objectives.endpoint import EndpointObjective, answer_from_values
 
 _CHUNK_FLOATS = 2**24  # cap on P_chunk * N * width per forward pass (128 MiB in float64)
@@ -113,7 +113,7 @@ def _ratio(num: Tensor, den: Tensor) -> Tensor:
 
 def auc(scores: Tensor, positive: Tensor) -> Tensor:
     """ROC AUC per row of ``scores (R, N)`` (Mann–Whitney U with average ranks for ties)."""
-    ordered = scores.sort(dim=1).values
+    ordered = scores.sort(dim=1).values.contiguous()
     below = torch.searchsorted(ordered, scores.contiguous(), side="left")
     upto = torch.searchsorted(ordered, scores.contiguous(), side="right")
     ranks = (below + upto + 1).to(torch.float64) / 2
@@ -177,3 +177,112 @@ def decisions(outputs: Tensor, n_classes: int) -> tuple[Tensor, Tensor]:
     if n_classes == 2:
         return pred, outputs[..., 1] - outputs[..., 0]
     return pred, torch.softmax(outputs, dim=2)
+
+
+# --- the adapter -----------------------------------------------------------------------------
+
+
+class MetricObjective:
+    """Adapter: query points are parameter vectors; value = −metric on the train split.
+
+    Args:
+        spec: the validated metric spec.
+        dataset_path: the ``.npz`` file behind ``spec.dataset_id`` (resolved by the service).
+        allow, transport: passed to the endpoint adapter (``model="endpoint"``).
+    """
+
+    def __init__(
+        self,
+        spec: MetricSpec,
+        *,
+        dataset_path: str | None = None,
+        allow: Sequence[str] = (),
+        transport: httpx.AsyncBaseTransport | None = None,
+    ):
+        self.spec = spec
+        self.split = load_split(spec.dataset, dataset_path, spec.split_seed, spec.test_fraction, spec.standardize)
+        self.n_classes = self.split.n_classes
+        self.average = spec.average or ("binary" if self.n_classes == 2 else "macro")
+        if self.average == "binary" and self.n_classes != 2:
+            raise ObjectiveRefused(f"average 'binary' needs two classes; the dataset has {self.n_classes}")
+        n_features = self.split.x_train.shape[1]
+        self.endpoint: EndpointObjective | None = None
+        self._outputs: dict[str, Tensor] = {}
+        if spec.model == "endpoint":
+            assert spec.endpoint is not None
+            self.endpoint = EndpointObjective(spec.endpoint, allow=allow, transport=transport)
+            if self.endpoint.dim != n_features:
+                raise ObjectiveRefused(f"endpoint dim={self.endpoint.dim} but the dataset has {n_features} features")
+            self.shapes: list[tuple[int, int]] = []
+            self.dim = self.n_classes
+        else:
+            n_out = 1 if self.n_classes == 2 else self.n_classes
+            self.shapes = layer_shapes(n_features, spec.hidden if spec.model == "mlp" else [], n_out)
+            self.dim = sum(out * inp + out for out, inp in self.shapes)
+
+    def default_x0(self) -> Tensor:
+        """Seeded N(0, 1/fan_in) weights with zero biases; zero offsets for an endpoint model."""
+        x0 = torch.zeros(self.dim, dtype=torch.float64)
+        gen = torch.Generator().manual_seed(self.spec.split_seed)
+        offset = 0
+        for out, inp in self.shapes:
+            x0[offset : offset + out * inp] = torch.randn(out * inp, generator=gen, dtype=torch.float64) / math.sqrt(inp)
+            offset += out * inp + out
+        return x0
+
+    async def prefetch(self) -> None:
+        """Fetch the endpoint model's outputs on both splits once (no-op for local models)."""
+        if self.endpoint is None or self._outputs:
+            return
+        for name, x in (("train", self.split.x_train), ("test", self.split.x_test)):
+            out = await self.endpoint.predict(x)
+            if out.shape[1] == 1 and self.n_classes == 2:  # one score: the logit of class 1
+                out = torch.cat([torch.zeros_like(out), out], dim=1)
+            if out.shape[1] != self.n_classes:
+                raise ObjectiveRefused(f"endpoint returns {out.shape[1]} outputs; the dataset has {self.n_classes} classes")
+            if self.endpoint.spec.scores == "probabilities":
+                out = out.clamp_min(1e-30).log()
+            self._outputs[name] = out
+
+    def metric_values(self, params: Tensor, split: str = "train") -> Tensor:
+        """The metric ``(P,)`` of each parameter vector in ``params (P, dim)`` on a split."""
+        params = torch.as_tensor(params, dtype=torch.float64).reshape(-1, self.dim)
+        x, y = (self.split.x_train, self.split.y_train) if split == "train" else (self.split.x_test, self.split.y_test)
+        width = max([out for out, _ in self.shapes] + [self.n_classes])
+        step = max(1, _CHUNK_FLOATS // (len(x) * width))
+        return torch.cat([self._metric_chunk(chunk, x, y, split) for chunk in torch.split(params, step)])
+
+    def _metric_chunk(self, params: Tensor, x: Tensor, y: Tensor, split: str) -> Tensor:
+        if self.endpoint is not None:
+            if split not in self._outputs:
+                raise RuntimeError("call `await prefetch()` before scoring an endpoint model")
+            outputs = self._outputs[split][None, :, :] + params[:, None, :]
+        else:
+            outputs = forward(params, x, self.shapes)
+        pred, scores = decisions(outputs, self.n_classes)
+        return metric_of(self.spec.metric, self.average, pred, scores, y, self.n_classes)
+
+    def test_metric(self, x: Tensor) -> float:
+        """The metric of one parameter vector on the held-out split (for reporting)."""
+        return float(self.metric_values(torch.as_tensor(x).reshape(1, -1), split="test")[0])
+
+    async def evaluate(self, query: Query) -> Evaluation:
+        """−metric on the train split for every point, in one batched pass."""
+        points = torch.as_tensor(query.points)
+        if points.ndim != 2 or points.shape[1] != self.dim:
+            raise ObjectiveRefused(f"query points have shape {tuple(points.shape)}; expected (n, {self.dim})")
+        if not bool(torch.isfinite(points).all()):
+            raise ObjectiveInvalid("a query point has non-finite coordinates")
+        await self.prefetch()
+        values = -self.metric_values(points)
+        n = len(values)
+        return Evaluation(answer_from_values(query, values), queries=n, evaluations=n)
+
+    def resolve(self, query: Query, payload: dict[str, Any]) -> Evaluation:
+        """Metric objectives answer at once; nothing is ever pending."""
+        raise NotImplementedError("metric objectives never return Pending")
+
+    async def aclose(self) -> None:
+        """Close the endpoint's connection pool, if any."""
+        if self.endpoint is not None:
+            await self.endpoint.aclose()
