@@ -18,7 +18,7 @@ if ARGV[2] ~= '' then
 end
 local seq = redis.call('INCR', KEYS[5])
 redis.call('HSET', KEYS[2], 'seq', seq, unpack(ARGV, 5))
-redis.call('XADD', KEYS[3], '*', 'e', ARGV[4])
+redis.call('XADD', KEYS[3], '*', 't', 'status', 'e', ARGV[4])
 redis.call('ZADD', KEYS[4], seq, ARGV[1])
 return ''
 """
@@ -32,7 +32,7 @@ if {TERMINAL} then return 0 end
 redis.call('HSET', KEYS[1], 'cancel_requested', '1', 'updated_at', ARGV[3])
 if st == 'running' then return 1 end
 redis.call('HSET', KEYS[1], 'status', 'cancelled', 'error', ARGV[2], 'pending_query', '')
-redis.call('XADD', KEYS[2], '*', 'e', ARGV[1])
+redis.call('XADD', KEYS[2], '*', 't', 'error', 'e', ARGV[1])
 return 2
 """
 
@@ -45,7 +45,7 @@ local st = redis.call('HGET', KEYS[1], 'status')
 if st ~= 'waiting' or redis.call('HGET', KEYS[1], 'pending_query') ~= ARGV[1] then return -3 end
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[1], 'status', 'queued', 'ticket', ARGV[3], 'pending_query', '', 'updated_at', ARGV[4])
-redis.call('XADD', KEYS[4], '*', 'e', ARGV[5])
+redis.call('XADD', KEYS[4], '*', 't', 'status', 'e', ARGV[5])
 return 1
 """
 
@@ -64,21 +64,22 @@ redis.call('SET', KEYS[2], token, 'EX', ARGV[2])
 if redis.call('HGET', KEYS[3], 'cancel_requested') == '1' then return {{-5, tostring(token)}} end
 if st ~= 'running' then
   redis.call('HSET', KEYS[3], 'status', 'running', 'updated_at', ARGV[3])
-  redis.call('XADD', KEYS[4], '*', 'e', ARGV[4])
+  redis.call('XADD', KEYS[4], '*', 't', 'status', 'e', ARGV[4])
 end
 redis.call('HINCRBY', KEYS[3], 'segments', 1)
 return {{token, st}}
 """
 
 # KEYS: fence, lease, job, events, ckpt, queries
-# ARGV: token, op json {events:[...], hset:{...}, queries:{...}, release:bool, lease_ttl, maxlen}, ckpt bytes ('' = keep)
+# ARGV: token, op json {hset:{...}, queries:{...}, release:bool, lease_ttl, maxlen}, ckpt bytes ('' = keep),
+#       then (type, event json) pairs
 # Returns -1 fenced out (a newer segment owns the job), -2 job already terminal, 1 cancel requested, 0 ok.
 COMMIT = f"""
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
 local st = redis.call('HGET', KEYS[3], 'status')
 if {TERMINAL} then redis.call('DEL', KEYS[2]) return -2 end
 local op = cjson.decode(ARGV[2])
-for _, e in ipairs(op.events) do redis.call('XADD', KEYS[4], 'MAXLEN', '~', op.maxlen, '*', 'e', e) end
+for i = 4, #ARGV, 2 do redis.call('XADD', KEYS[4], 'MAXLEN', '~', op.maxlen, '*', 't', ARGV[i], 'e', ARGV[i + 1]) end
 for k, v in pairs(op.hset) do redis.call('HSET', KEYS[3], k, v) end
 for k, v in pairs(op.queries) do redis.call('HSET', KEYS[6], k, v) end
 if ARGV[3] ~= '' then redis.call('SET', KEYS[5], ARGV[3]) end

@@ -117,6 +117,15 @@ class JobStore:
             rows = res[0][1] if res else []
         return [(rid.decode(), {"id": rid.decode(), **json.loads(f[b"e"])}) for rid, f in rows]
 
+    async def read_raw(self, job_id: str, after: str, count: int = 1000, block_ms: int | None = None) -> list[tuple[str, str, str]]:
+        """Like :meth:`read_events` but unparsed: (id, type, json) — the SSE path passes JSON through."""
+        if block_ms is None:
+            rows = await self.r.xrange(keys.events(job_id), min=f"({after}" if after != "0" else "-", count=count)
+        else:
+            res = await self.r.xread({keys.events(job_id): after}, count=count, block=block_ms)
+            rows = res[0][1] if res else []
+        return [(rid.decode(), f[b"t"].decode(), f[b"e"].decode()) for rid, f in rows]
+
     async def list_queries(self, job_id: str, status: str | None) -> list[dict[str, Any]]:
         raw = await self.r.hgetall(keys.queries(job_id))
         answered = {k.decode() for k in await self.r.hkeys(keys.answers(job_id))}

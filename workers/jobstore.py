@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -65,33 +66,57 @@ class WorkerStore:
         raw = self.r.hget(keys.answers(job_id), qid)
         return json.loads(raw) if raw else None
 
-    def commit(self, job_id: str, token: str, *, events: list[str] = (), hset: dict[str, str] | None = None,  # type: ignore[assignment]
-               queries: dict[str, str] | None = None, ckpt: bytes | None = None, release: bool = False) -> int:
-        """One fenced write; see ``scripts.COMMIT`` for the return codes."""
-        op = {"events": list(events), "hset": {"updated_at": now_iso(), **(hset or {})}, "queries": queries or {},
+    def commit(self, job_id: str, token: str, *, events: list[tuple[str, str]] = (),  # type: ignore[assignment]
+               hset: dict[str, str] | None = None, queries: dict[str, str] | None = None, ckpt: bytes | None = None,
+               release: bool = False) -> int:
+        """One fenced write of (type, json) events, fields, queries and checkpoint; see ``scripts.COMMIT``."""
+        op = {"hset": {"updated_at": now_iso(), **(hset or {})}, "queries": queries or {},
               "release": release, "lease_ttl": self.lease_ttl, "maxlen": self.maxlen}
-        if not op["events"]:
-            op["events"] = {}  # cjson: an empty JSON object decodes to an empty table, ipairs-safe
+        flat = [part for pair in events for part in pair]
         return int(self._commit(keys=[keys.fence(job_id), keys.lease(job_id), keys.job(job_id), keys.events(job_id),
                                       keys.checkpoint(job_id), keys.queries(job_id)],
-                                args=[token, json.dumps(op), ckpt or b""]))
+                                args=[token, json.dumps(op), ckpt or b"", *flat]))
 
 
 class RedisSink:
-    """Buffers progress events and writes them (fenced) on every flush."""
+    """Buffers progress events and writes them (fenced) from a background thread, so the
+    runner computes the next steps while Redis stores the last ones. Writes stay in order
+    (one writer thread); a flush reports the outcome of the previous write (cancel, fenced)."""
 
     def __init__(self, store: WorkerStore, lease: Lease, cancel_flags: "CancelListener | None" = None):
         self.store, self.lease, self.cancel_flags = store, lease, cancel_flags
-        self.buffer: list[str] = []
+        self.buffer: list[tuple[str, str]] = []
         self._cancel = False
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zoserve-flush")
+        self._inflight: Future[int] | None = None
 
     def progress(self, event: dict[str, Any]) -> None:
-        self.buffer.append(dumps(event))
+        self.buffer.append(("progress", dumps(event)))
 
     def flush(self, tally: Tally) -> Signal:
-        code = self.store.commit(self.lease.job_id, self.lease.token, events=self.buffer,
-                                 hset={"progress": dumps(tally.progress())})
-        self.buffer = []
+        if self._inflight is not None and not self._inflight.done():
+            return Signal.OK  # the last write is still going: keep buffering
+        code = self._settle(wait=False)
+        if code is None or code == 0:
+            events, self.buffer = self.buffer, []
+            progress = dumps(tally.progress())
+            self._inflight = self._writer.submit(self.store.commit, self.lease.job_id, self.lease.token,
+                                                 events=events, hset={"progress": progress})
+        return self._signal(code)
+
+    def drain(self) -> Signal:
+        """Wait for the write in flight (call before the segment's final commit)."""
+        signal = self._signal(self._settle(wait=True))
+        self._writer.shutdown(wait=True)
+        return signal
+
+    def _settle(self, wait: bool) -> int | None:
+        if self._inflight is None or (not wait and not self._inflight.done()):
+            return None
+        code, self._inflight = self._inflight.result(), None
+        return code
+
+    def _signal(self, code: int | None) -> Signal:
         if code in (-1, -2):
             return Signal.FENCED
         if code == 1:

@@ -32,7 +32,7 @@ from .celery_app import app, redis_url
 from .jobstore import CancelListener, Lease, LeaseRefused, RedisSink, WorkerStore
 from .objectives.base import ObjectiveError, ObjectiveInvalid, ObjectiveRefused, ObjectiveTransient
 from .objectives.registry import build_objective
-from .runner import Limits, Outcome, SegmentResult, dumps, initial_state, result_body, run_segment, split_state
+from .runner import Limits, Outcome, Signal, SegmentResult, dumps, initial_state, result_body, run_segment, split_state
 
 log = logging.getLogger("zoserve.worker")
 
@@ -99,21 +99,26 @@ def execute_segment(task: Task, ctx: Context, lease: Lease) -> str:
 
     try:
         res = asyncio.run(go())
+        if sink.drain() is Signal.FENCED:
+            return "fenced"
     except ObjectiveTransient as exc:
+        sink.drain()
         if task.request.retries < ctx.settings.segment_max_retries:
             ctx.store.commit(lease.job_id, lease.token, events=sink.buffer, release=True)
             raise task.retry(countdown=min(60, 2 ** task.request.retries), max_retries=None) from None
         return _fail(ctx, lease, h, _problem(exc, "Objective kept failing"), sink.buffer)
     except ObjectiveError as exc:
+        sink.drain()
         return _fail(ctx, lease, h, _problem(exc, "Objective failed"), sink.buffer)
     except Exception as exc:  # noqa: BLE001 - a job's bug must not take the worker down
         log.exception("segment of %s crashed", lease.job_id)
+        sink.drain()
         return _fail(ctx, lease, h, Problem(type="urn:zoserve:worker-error", title="Worker error", status=500,
                                            detail=f"{type(exc).__name__}: {exc}"[:500]), sink.buffer)
     return _finish(ctx, lease, h, sink.buffer, res.outcome, res, algo.x_of(split_state(res.state)[0]))
 
 
-def _finish(ctx: Context, lease: Lease, h: dict[str, str], events: list[str], outcome: Outcome,
+def _finish(ctx: Context, lease: Lease, h: dict[str, str], events: list[tuple[str, str]], outcome: Outcome,
             res: SegmentResult | None, x_now: torch.Tensor | None) -> str:
     job_id, store = lease.job_id, ctx.store
     hset: dict[str, str] = {}
@@ -141,22 +146,23 @@ def _finish(ctx: Context, lease: Lease, h: dict[str, str], events: list[str], ou
         if kind == "ranking":
             record.setdefault("k", res.query.k)
         queries[qid] = dumps(record)
-        events.append(event_json(QueryEvent(time=datetime.now(timezone.utc), query_id=qid, kind=kind, payload=payload)))
-        events.append(status_event(JobStatus.waiting, "waiting for an answer"))
+        events.append(("query", event_json(QueryEvent(time=datetime.now(timezone.utc), query_id=qid, kind=kind,
+                                                      payload=payload))))
+        events.append(("status", status_event(JobStatus.waiting, "waiting for an answer")))
         hset.update(status=JobStatus.waiting.value, pending_query=qid)
         store.commit(job_id, lease.token, events=events, hset=hset, queries=queries, ckpt=ckpt, release=True)
         return "waiting"
     if outcome is Outcome.DONE:
         assert res is not None and x_now is not None
         result = Result.model_validate(result_body(res.tally, res.reason, x_now))
-        events.append(event_json(ResultEvent(time=datetime.now(timezone.utc), result=result)))
+        events.append(("result", event_json(ResultEvent(time=datetime.now(timezone.utc), result=result))))
         hset.update(status=JobStatus.succeeded.value, result=result.model_dump_json())
         store.commit(job_id, lease.token, events=events, hset=hset, ckpt=ckpt, release=True)
         return "succeeded"
     # cancelled
     problem = Problem(type="urn:zoserve:job-cancelled", title="Job cancelled", status=409,
                       detail="The job was cancelled by its owner.", instance=f"/v1/jobs/{job_id}")
-    events.append(error_event(problem, JobStatus.cancelled))
+    events.append(("error", error_event(problem, JobStatus.cancelled)))
     hset.update(status=JobStatus.cancelled.value, error=problem.model_dump_json())
     store.commit(job_id, lease.token, events=events, hset=hset, ckpt=ckpt, release=True)
     return "cancelled"
@@ -175,8 +181,9 @@ def _problem(exc: Exception, title: str) -> Problem:
                    detail=str(exc.args[0] if exc.args else exc)[:1000], **extra)
 
 
-def _fail(ctx: Context, lease: Lease, h: dict[str, str], problem: Problem, events: list[str] = ()) -> str:  # type: ignore[assignment]
+def _fail(ctx: Context, lease: Lease, h: dict[str, str], problem: Problem,
+          events: list[tuple[str, str]] = ()) -> str:  # type: ignore[assignment]
     problem.instance = f"/v1/jobs/{lease.job_id}"
-    ctx.store.commit(lease.job_id, lease.token, events=[*events, error_event(problem)],
+    ctx.store.commit(lease.job_id, lease.token, events=[*events, ("error", error_event(problem))],
                      hset={"status": JobStatus.failed.value, "error": problem.model_dump_json()}, release=True)
     return "failed"

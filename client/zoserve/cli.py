@@ -99,6 +99,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     if args.host in ("127.0.0.1", "localhost", "::1"):
         env.setdefault("ZOSERVE_AUTH_DISABLED", "true")  # loopback only: no API key needed
     procs: list[subprocess.Popen[Any]] = []
+
+    def _terminate(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)  # `kill` stops all three as Ctrl-C does
     try:
         procs.append(subprocess.Popen(_worker_argv(None, "local", "solo", 1), env=env))
         procs.append(subprocess.Popen([sys.executable, "-m", "zoserve.cli", "api", "--host", args.host,

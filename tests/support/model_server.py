@@ -202,7 +202,9 @@ def serve(app: FastAPI | None = None, timeout_s: float = 10.0) -> Iterator[Runni
 
     app = app or create_app()
     trained_model()  # train before the clock of any request timeout starts
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP: asyncio only sets TCP_NODELAY on accepted sockets of an explicit TCP
+    # protocol; without it every response pays a 40 ms Nagle + delayed-ACK stall.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]

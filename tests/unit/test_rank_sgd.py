@@ -247,7 +247,8 @@ def test_checkpoint_round_trip_resumes_identically() -> None:
     assert state["phase"] == "linesearch"
     restored = load_state(dump_state(state))
     assert same_state(restored, state)
-    a, b = state, restored
+    a: State = state
+    b: State = restored
     for _ in range(6):  # both phases, a moved and a kept x
         qa, qb = alg.ask(a), alg.ask(b)
         assert torch.equal(qa.points, qb.points) and qa.k == qb.k

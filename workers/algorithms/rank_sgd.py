@@ -11,6 +11,10 @@ Ranking Oracles", ICLR 2024 (arXiv 2303.03751).
 * ``protocol="two-round"``: the official code's human-feedback loop (``optimizer.py``, the
   paper's Algorithm 3): the line-search round also offers the best perturbed point of the
   ranking round, and estimates are averaged over consecutive line searches that kept ``x``.
+  Deviation from that code: its estimate uses weights m − 2r (off by one from the DAG, brief
+  §2.4); we use the paper's DAG weights in both protocols.
+* ``schedule="decay"`` (η_t ∝ 1/√t for large t) is not in the paper, whose theory fixes
+  η ∝ 1/√(dT); a fixed η leaves a noise floor ∝ η (brief §7.3), so we offer the decay too.
 
 One ``tell`` is one oracle call. With a line search a step has two phases, ``"estimate"`` then
 ``"linesearch"``, recorded in the state. Random directions are regenerated from
@@ -60,6 +64,7 @@ class ZORankSGD:
         ls_candidates: int = 8,
         protocol: Protocol_ = "ranking",
         directions: Directions = "gaussian",
+        dtype: str = "float64",
     ) -> None:
         """Args:
             m: candidates per ranking query (the objective's m).
@@ -72,6 +77,7 @@ class ZORankSGD:
             protocol: ``"ranking"`` (Algorithms 1/2) or ``"two-round"`` (official code loop).
             directions: ``"gaussian"`` ξ ~ N(0, I), or ``"sphere"`` ξ uniform on the sphere of
                 radius √d (same scale as the Gaussian; an option the paper does not use).
+            dtype: torch dtype name of the iterate and the directions.
         """
         if m < 2 or (k is not None and not 1 <= k <= m):
             raise ValueError(f"need m >= 2 and 1 <= k <= m, got m={m}, k={k}")
@@ -82,14 +88,15 @@ class ZORankSGD:
         self.decay_steps, self.decay_power = decay_steps, decay_power
         self.gamma, self.ls_candidates = gamma, ls_candidates
         self.protocol, self.directions = protocol, directions
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise ValueError(f"unknown dtype {dtype!r}")
+        self.dtype: torch.dtype = getattr(torch, dtype)
 
     # -- state ---------------------------------------------------------------------------
 
     def init(self, x0: Tensor, seed: int) -> State:
         """Initial state: ``x``, counters, the phase, and (for line searches) the pending direction."""
-        x = x0.detach().clone().reshape(-1)
-        if not x.is_floating_point():
-            x = x.to(torch.get_default_dtype())
+        x = x0.detach().reshape(-1).to(dtype=self.dtype, copy=True)
         state: dict[str, StateValue] = {
             "x": x, "seed": int(seed), "step": 0, "t": 0, "phase": "estimate",
             "oracle_calls": 0, "evaluations": 0,
@@ -148,16 +155,20 @@ class ZORankSGD:
 
     def estimate(self, state: State, answer: Answer) -> tuple[Tensor, int]:
         """The rank estimator g̃ (paper Section 3) for this state's directions, and |E|."""
+        g, n_edges, _ = self._estimate(state, answer)
+        return g, n_edges
+
+    def _estimate(self, state: State, answer: Answer) -> tuple[Tensor, int, Tensor]:
         x = _tensor(state, "x")
         w, n_edges = dag_weights(tuple(answer.ranking or ()), tuple(answer.ties), self.m)
-        if n_edges == 0:  # everything tied: the answer carries no direction
-            return torch.zeros_like(x), 0
         xi = self._directions(state, x)  # regenerated, not (y − x)/μ: exact and free of cancellation
-        return (w.to(x.dtype) / n_edges) @ xi, n_edges
+        if n_edges == 0:  # everything tied: the answer carries no direction
+            return torch.zeros_like(x), 0, xi
+        return (w.to(x.dtype) / n_edges) @ xi, n_edges, xi
 
     def _tell_estimate(self, state: State, new: dict[str, StateValue], answer: Answer) -> tuple[State, StepInfo]:
         x = _tensor(state, "x")
-        g, n_edges = self.estimate(state, answer)
+        g, n_edges, xi = self._estimate(state, answer)
         t = int(state["t"])
         new["t"] = t + 1
         extra = {"est_norm": float(g.norm()), "n_edges": float(n_edges)}
@@ -170,14 +181,15 @@ class ZORankSGD:
             n = int(state["n_avg"])
             new["direction"] = (_tensor(state, "direction") * n + g) / (n + 1)
             new["n_avg"] = n + 1
-            xi_best = self._directions(state, x)[answer.ranking[0]] if answer.ranking else 0.0
-            new["best_perturbed"] = x + self.mu * xi_best
+            new["best_perturbed"] = x + self.mu * xi[answer.ranking[0]] if answer.ranking else x.clone()
         else:
             new["direction"] = g
         new["phase"] = "linesearch"
         return new, StepInfo(value=None, x=x, extra=extra)
 
-    def _tell_linesearch(self, state: State, new: dict[str, StateValue], query: Query, answer: Answer) -> tuple[State, StepInfo]:
+    def _tell_linesearch(
+        self, state: State, new: dict[str, StateValue], query: Query, answer: Answer
+    ) -> tuple[State, StepInfo]:
         x = _tensor(state, "x")
         points = self._linesearch_points(state)  # recomputed from the state, not trusted from the query
         n = points.shape[0]

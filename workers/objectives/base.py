@@ -94,11 +94,13 @@ def check_values(values: Tensor, n: int) -> Tensor:
     """Validate a ``(n,)`` value vector; raise :class:`ObjectiveInvalid` with a clear reason."""
     import torch
 
-    values = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
+    if not isinstance(values, torch.Tensor) or values.dtype != torch.float64:
+        values = torch.as_tensor(values, dtype=torch.float64)
+    if values.dim() != 1:
+        values = values.reshape(-1)
     if values.numel() != n:
         raise ObjectiveInvalid(f"expected {n} values, got {values.numel()}")
-    bad = ~torch.isfinite(values)
-    if bool(bad.any()):
-        idx = int(bad.nonzero()[0])
+    if not bool(torch.isfinite(values).all()):
+        idx = int((~torch.isfinite(values)).nonzero()[0])
         raise ObjectiveInvalid(f"objective returned a non-finite value ({float(values[idx])}) at point {idx}")
     return values

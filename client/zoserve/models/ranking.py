@@ -81,7 +81,9 @@ class RankingObjective(BaseModel):
     function: BuiltinFunction | None = Field(None, description="Test function ranked by the 'builtin' oracle.")
     dim: int = Field(ge=1, le=1_000_000, description="Dimension of x.")
     m: int = Field(10, ge=2, le=64, description="Candidates shown per ranking query.")
-    k: int = Field(5, ge=1, le=64, description="How many best candidates the oracle returns (k <= m; k = m is a full ranking).")
+    k: int = Field(
+        5, ge=1, le=64, description="How many best candidates the oracle returns (k <= m; k = m is a full ranking)."
+    )
     noise: float = Field(0.0, ge=0.0, le=1e6, description="'builtin': std of Gaussian noise added before ranking.")
     flip_prob: float = Field(0.0, ge=0.0, le=0.5, description="'builtin': probability of swapping each adjacent pair.")
     url: HttpUrl | None = Field(None, description="'endpoint': where candidate batches are POSTed for ranking.")

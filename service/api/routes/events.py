@@ -8,9 +8,8 @@ closes after the terminal event (``result`` or ``error``).
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse
@@ -64,26 +63,25 @@ def _valid_id(s: str) -> bool:
     return re.fullmatch(_STREAM_ID, s) is not None
 
 
-def _format(rid: str, ev: dict[str, Any]) -> str:
-    return f"id: {rid}\nevent: {ev['type']}\ndata: {json.dumps(ev, separators=(',', ':'))}\n\n"
+def _format(rid: str, kind: str, data: str) -> str:
+    return f"id: {rid}\nevent: {kind}\ndata: {data}\n\n"
 
 
 async def _stream(request: Request, store: JobStore, job_id: str, after: str) -> AsyncIterator[str]:
     yield "retry: 1000\n\n"
     while True:
-        rows = await store.read_events(job_id, after, count=500)
+        rows = await store.read_raw(job_id, after, count=500)
         if not rows:
             status = await store.r.hget(f"zo:job:{job_id}", "status")
             if status is None or JobStatus(status.decode()).terminal:
                 return
-            rows = await store.read_events(job_id, after, count=500, block_ms=KEEPALIVE_MS)
+            rows = await store.read_raw(job_id, after, count=500, block_ms=KEEPALIVE_MS)
             if not rows:
                 if await request.is_disconnected():
                     return
                 yield ": keep-alive\n\n"
                 continue
-        for rid, ev in rows:
-            yield _format(rid, ev)
-            after = rid
-            if ev["type"] in TERMINAL_TYPES:
-                return
+        yield "".join(_format(rid, kind, data) for rid, kind, data in rows)
+        after = rows[-1][0]
+        if any(kind in TERMINAL_TYPES for _, kind, _ in rows):
+            return
