@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
@@ -146,6 +146,7 @@ async def run_segment(algo: Algorithm, state: dict[str, Any], objective: Objecti
         answer: the payload that answers ``tally.pending`` when the job resumes after waiting.
     """
     algo_state, tally = split_state(state)
+    monitor = getattr(objective, "monitor", None)  # simulated oracles report the true f(x), for people only
     t0 = last_flush = time.monotonic()
     elapsed0 = tally.elapsed
 
@@ -156,6 +157,8 @@ async def run_segment(algo: Algorithm, state: dict[str, Any], objective: Objecti
     def told(query: Query, ev: Evaluation) -> None:
         nonlocal algo_state
         algo_state, info = algo.tell(algo_state, query, ev.answer)  # type: ignore[assignment]
+        if info.value is None and ev.monitor is None and monitor is not None:
+            ev = replace(ev, monitor=monitor(algo.x_of(algo_state)))
         _record(tally, algo, algo_state, ev, info.value, info.x)
         if tally.step > tally.published_step:
             sink.progress(_event(tally, info.extra))

@@ -73,7 +73,7 @@ def execute_segment(task: Task, ctx: Context, lease: Lease) -> str:
     h = ctx.store.job(lease.job_id)
     spec = job_create_adapter.validate_python(json.loads(h["spec"]))
     try:
-        algo = build_algorithm(spec.algorithm, spec.config.hparams())
+        algo = build_algorithm(spec.algorithm, spec.algorithm_hparams())
         objective = build_objective(spec.objective, spec.seed, ctx.settings)
     except (KeyError, ValueError, ObjectiveError) as exc:
         return _fail(ctx, lease, h, _problem(exc, "Job could not start"))

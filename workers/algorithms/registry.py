@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping
 
 from workers.algorithms.base import Algorithm
+from workers.algorithms.rank_sgd import ZORankSGD
 from workers.algorithms.zo import ZOSGD, ZOAdam, ZOSignSGD
 
 AlgorithmFactory = Callable[..., Algorithm]
@@ -18,6 +19,7 @@ ALGORITHMS: dict[str, AlgorithmFactory] = {
     "zo-sgd": ZOSGD,
     "zo-adam": ZOAdam,
     "zo-signsgd": ZOSignSGD,
+    "zo-ranksgd": ZORankSGD,
 }
 
 

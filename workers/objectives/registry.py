@@ -33,6 +33,19 @@ def _client(spec: Any, seed: int, settings: Any) -> Objective:
     return ClientObjective(spec.dim)
 
 
+@register("ranking")
+def _ranking(spec: Any, seed: int, settings: Any) -> Objective:
+    from .ranking import BuiltinRankingOracle, ExternalRankingOracle
+
+    if spec.oracle == "builtin":
+        return BuiltinRankingOracle(spec.function, spec.dim, spec.noise, spec.flip_prob, seed, spec.x0)
+    if spec.oracle in ("human", "client"):
+        return ExternalRankingOracle(spec.dim, seed, spec.render, spec.x0)
+    from .ranking_endpoint import EndpointRankingOracle
+
+    return EndpointRankingOracle(spec, seed, settings)
+
+
 def build_objective(spec: Any, seed: int, settings: Any) -> Objective:
     """Build the adapter for a validated objective spec (``spec.kind`` picks the factory)."""
     try:

@@ -11,10 +11,11 @@ from pydantic import BaseModel, Field
 
 from .algorithms import ZO_CONFIGS
 from .objectives import BuiltinObjective, ClientObjective
+from .ranking import RankingObjective, ZORankSGDConfig
 
-ALGORITHM_CONFIGS: tuple[type[BaseModel], ...] = (*ZO_CONFIGS,)
+ALGORITHM_CONFIGS: tuple[type[BaseModel], ...] = (*ZO_CONFIGS, ZORankSGDConfig)
 
-OBJECTIVE_SPECS: tuple[type[BaseModel], ...] = (BuiltinObjective, ClientObjective)
+OBJECTIVE_SPECS: tuple[type[BaseModel], ...] = (BuiltinObjective, ClientObjective, RankingObjective)
 
 ObjectiveSpec = Annotated[Union[OBJECTIVE_SPECS], Field(discriminator="kind")]  # type: ignore[valid-type]
 """The ``objective`` field of a job: a discriminated union on ``kind``."""

@@ -60,6 +60,21 @@ class JobSpecBase(BaseModel):
     name: str | None = Field(None, max_length=200)
     queue: Literal["cpu", "gpu"] | None = Field(None, description="Worker queue; default cpu.")
 
+    def algorithm_hparams(self) -> dict[str, Any]:
+        """Keyword arguments for the pure algorithm: its config, plus the oracle's shape (m, k) for rankings."""
+        hp = dict(getattr(self, "config").hparams())
+        if getattr(self.objective, "kind", None) == "ranking":
+            hp.update(m=self.objective.m, k=self.objective.k)  # type: ignore[union-attr]
+        return hp
+
+    @model_validator(mode="after")
+    def _kinds_match(self) -> "JobSpecBase":
+        ranking_algo = getattr(self, "algorithm", None) == "zo-ranksgd"
+        ranking_obj = getattr(self.objective, "kind", None) == "ranking"
+        if ranking_algo != ranking_obj:
+            raise ValueError("zo-ranksgd needs a 'ranking' objective, and a 'ranking' objective needs zo-ranksgd")
+        return self
+
     @model_validator(mode="after")
     def _x0_matches_dim(self) -> "JobSpecBase":
         dim = getattr(self.objective, "dim", None)
