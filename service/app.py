@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 
-from .api.routes import events, health, jobs, queries
+from .api.routes import datasets, events, health, jobs, queries
 from .embedded import EmbeddedRedis
 from .problems import install_handlers
 from .queue import make_celery
@@ -53,6 +53,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_handlers(app)
-    for module in (jobs, queries, events, health):
+    for module in (jobs, queries, events, datasets, health):
         app.include_router(module.router)
     return app

@@ -54,3 +54,18 @@ SEQUENCE = f"{PREFIX}:seq"
 WORKERS = f"{PREFIX}:workers"  # sorted set: worker name -> last heartbeat (unix seconds)
 CANCEL_CHANNEL = f"{PREFIX}:cancel"  # pub/sub: job ids whose cancel was requested
 IDEMPOTENCY_TTL = 24 * 3600
+
+
+def dataset(ds_id: str) -> str:
+    """Hash: an uploaded dataset's metadata (tenant, name, n, d, classes, size)."""
+    return f"{PREFIX}:dataset:{ds_id}"
+
+
+def dataset_data(ds_id: str) -> str:
+    """String: the dataset's .npz bytes."""
+    return f"{PREFIX}:dataset:{ds_id}:data"
+
+
+def tenant_datasets(tenant: str) -> str:
+    """Sorted set: the tenant's dataset ids by upload time."""
+    return f"{PREFIX}:tenant:{tenant}:datasets"

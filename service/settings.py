@@ -39,6 +39,7 @@ class Settings(BaseSettings):
         default_factory=list, description='Hosts, IPs or CIDRs the worker may call despite the SSRF guard, e.g. ["127.0.0.1"].'
     )
     max_dim: int = Field(10_000_000, ge=1, description="Largest objective dimension accepted.")
+    max_dataset_bytes: int = Field(32 * 2**20, ge=1024, description="Largest .npz dataset upload accepted.")
     max_body_bytes: int = Field(64 * 2**20, ge=1024, description="Largest request body accepted.")
     event_retention: int = Field(200_000, ge=1000, description="Events kept per job stream (approximate MAXLEN).")
     worker_heartbeat_seconds: float = Field(2.0, gt=0, description="How often a worker writes its heartbeat.")

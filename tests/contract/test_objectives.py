@@ -218,6 +218,10 @@ def test_500_then_recovery_succeeds_and_reports_failed(server: RunningServer) ->
     torch.testing.assert_close(ev.answer.values, clean)
     assert (ev.queries, ev.failed) == (4, 4)
     assert server.app.state.calls[f"flaky:{key}"] == 3
+    key = uuid.uuid4().hex  # two batches in turn: only the first one's points needed a retry
+    ev = evaluate(endpoint(server, f"/flaky?key={key}&fail=1", batch_size=2, concurrency=1), x)
+    torch.testing.assert_close(ev.answer.values, clean, rtol=1e-5, atol=1e-5)
+    assert (ev.queries, ev.failed) == (4, 2)
 
 
 def test_500_past_the_retry_budget_names_status_and_body(server: RunningServer) -> None:

@@ -151,7 +151,7 @@ def test_a_failed_client_is_dropped_within_the_allowed_fraction() -> None:
 
     def flaky(X: torch.Tensor) -> torch.Tensor:
         calls["n"] += 1
-        if 12 <= calls["n"] <= 14:
+        if calls["n"] == 6:  # the first local batch of round 2
             raise RuntimeError("objective down")
         return pr.clients[4](X)
 

@@ -19,6 +19,7 @@ snapshots) and the server aggregates the survivors with renormalised weights. Mo
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from typing import Any, Callable, Mapping, Sequence
@@ -76,13 +77,14 @@ def run_federated(
     fs = [_Counted(f) for f in clients]
     x = x0.detach().reshape(-1).to(torch.float64)
     if method == "fzoos":
+        if isinstance(cfg, fb.FedZOParams):
+            raise TypeError("fzoos needs FZooSParams or a mapping of its fields")
         params = cfg if isinstance(cfg, fz.FZooSParams) else fz.FZooSParams(**dict(cfg or {}))
         return _run_fzoos(params, fs, x, rounds, seed, p, monitor)
-    if isinstance(cfg, fb.FedZOParams):
-        zp = cfg
-    else:
-        zp = fb.FedZOParams(**{**dict(cfg or {}), "correction": _CORRECTION[method]})
-    return _run_zo(zp, fs, x, rounds, seed, p, monitor)
+    if isinstance(cfg, fz.FZooSParams):
+        raise TypeError(f"{method} needs FedZOParams or a mapping of its fields")
+    zp = cfg if isinstance(cfg, fb.FedZOParams) else fb.FedZOParams(**dict(cfg or {}))
+    return _run_zo(dataclasses.replace(zp, correction=_CORRECTION[method]), fs, x, rounds, seed, p, monitor)
 
 
 def _run_fzoos(

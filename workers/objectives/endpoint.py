@@ -26,6 +26,7 @@ import asyncio
 import email.utils
 import json
 import math
+import random
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -33,7 +34,7 @@ from typing import Any
 import httpcore
 import httpx
 import torch
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 from torch import Tensor
 from zoserve.models.endpoint import EndpointObjective as EndpointSpec
 
@@ -226,9 +227,10 @@ class EndpointObjective:
         if points.ndim != 2 or points.shape[1] != self.dim:
             raise ObjectiveRefused(f"query points have shape {tuple(points.shape)}; expected (n, {self.dim})")
         inputs = self.inputs_of(points)
-        results = await self._gather(inputs, self._values_chunk)
-        values = torch.cat([v for v, _ in results])
-        retried = torch.cat([r for _, r in results])
+        results = await self._gather(inputs, self._outputs_or_invalid)
+        sizes = [len(c) for c in torch.split(inputs, self.spec.batch_size)]
+        values = self._values_of(results, sizes)
+        retried = torch.repeat_interleave(torch.tensor([r for _, r in results]), torch.tensor(sizes))
         bad = ~torch.isfinite(values)
         if bool(bad.any()) and self.spec.on_invalid == "fail":
             i = int(bad.nonzero()[0])
@@ -265,17 +267,33 @@ class EndpointObjective:
             raise eg.exceptions[0] from None
         return [task.result() for task in tasks]
 
-    async def _values_chunk(self, chunk: Tensor) -> tuple[Tensor, Tensor]:
-        """Loss values ``(m,)`` and a "needed a retry" mask; an invalid answer gives NaN when penalising."""
-        m = len(chunk)
+    async def _outputs_or_invalid(self, chunk: Tensor) -> tuple[Tensor | None, bool]:
+        """Outputs and "needed a retry"; ``None`` for an invalid answer when penalising."""
         try:
-            outputs, retried = await self._outputs_chunk(chunk)
+            return await self._outputs_chunk(chunk)
         except ObjectiveInvalid:
             if self.spec.on_invalid == "fail":
                 raise
-            return torch.full((m,), math.nan, dtype=torch.float64), torch.ones(m, dtype=torch.bool)
-        values = loss_of_outputs(outputs, self.spec)
-        return values, torch.full((m,), retried, dtype=torch.bool)
+            return None, True
+
+    def _values_of(self, results: list[tuple[Tensor | None, bool]], sizes: list[int]) -> Tensor:
+        """One loss pass over the whole step; NaN where a batch was invalid (penalise mode)."""
+        width = next((out.shape[1] for out, _ in results if out is not None), None)
+        if width is None:  # every batch was invalid
+            return torch.full((sum(sizes),), math.nan, dtype=torch.float64)
+        blocks = []
+        for (out, _), m in zip(results, sizes):
+            if out is not None and out.shape[1] != width:
+                if self.spec.on_invalid == "fail":
+                    raise ObjectiveInvalid(f"endpoint {_public_url(self.url)} changed its output width ({width} -> {out.shape[1]})")
+                out = None
+            blocks.append(out if out is not None else torch.full((m, width), math.nan, dtype=torch.float64))
+        try:
+            return loss_of_outputs(torch.cat(blocks), self.spec)
+        except ObjectiveInvalid as exc:
+            if self.spec.on_invalid == "fail":
+                raise ObjectiveInvalid(f"endpoint {_public_url(self.url)}: {exc}") from None
+            return torch.full((sum(sizes),), math.nan, dtype=torch.float64)
 
     async def _outputs_chunk(self, chunk: Tensor) -> tuple[Tensor, bool]:
         body = self._encode(chunk)
@@ -320,44 +338,52 @@ class EndpointObjective:
         )
 
     async def _call_with_retries(self, body: bytes) -> tuple[bytes, int]:
-        """POST ``body`` with retries; returns the response bytes and the attempts used."""
+        """POST ``body`` with retries; returns the response bytes and the attempts used.
+
+        The first attempt runs bare (the common case costs no retry machinery); tenacity drives
+        the retries after a retryable failure.
+        """
+        try:
+            return await self._post(body), 1
+        except (httpx.TransportError, _Retryable) as exc:
+            if self.spec.retries == 0:
+                raise self._failure(exc, 1) from None
+            await asyncio.sleep(self._delay(exc, 1))
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.spec.retries + 1),
-            wait=self._wait,
+            stop=stop_after_attempt(self.spec.retries),
+            wait=lambda state: self._delay(state.outcome.exception() if state.outcome else None, state.attempt_number + 1),
             retry=retry_if_exception_type((httpx.TransportError, _Retryable)),
             reraise=True,
         )
-        attempt_no = 0
+        attempts = 1
         try:
             async for attempt in retrying:
                 with attempt:
-                    attempt_no = attempt.retry_state.attempt_number
-                    return await self._post(body), attempt_no
-        except _Retryable as exc:
-            if exc.status is None:
-                raise ObjectiveError(self._timeout_message(attempt_no)) from None
-            raise ObjectiveError(
-                f"endpoint {_public_url(self.url)} answered {exc.status} after {attempt_no} attempts: {exc.body}",
-                status=exc.status, body=exc.body,
-            ) from None
-        except httpx.TimeoutException:
-            raise ObjectiveError(self._timeout_message(attempt_no)) from None
-        except httpx.TransportError as exc:
-            raise ObjectiveError(
-                f"endpoint {_public_url(self.url)} unreachable after {attempt_no} attempts: {type(exc).__name__}"
-            ) from None
+                    attempts = attempt.retry_state.attempt_number + 1
+                    return await self._post(body), attempts
+        except (httpx.TransportError, _Retryable) as exc:
+            raise self._failure(exc, attempts) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _timeout_message(self, attempts: int) -> str:
-        return f"endpoint {_public_url(self.url)} timed out after {self.spec.timeout_s:g}s ({attempts} attempts)"
+    def _failure(self, exc: BaseException, attempts: int) -> ObjectiveError:
+        """The job-failing error once the retry budget is spent."""
+        where = f"endpoint {_public_url(self.url)}"
+        if isinstance(exc, _Retryable) and exc.status is not None:
+            return ObjectiveError(
+                f"{where} answered {exc.status} after {attempts} attempts: {exc.body}", status=exc.status, body=exc.body
+            )
+        if isinstance(exc, (_Retryable, httpx.TimeoutException)):
+            return ObjectiveError(f"{where} timed out after {self.spec.timeout_s:g}s ({attempts} attempts)")
+        return ObjectiveError(f"{where} unreachable after {attempts} attempts: {type(exc).__name__}")
 
-    def _wait(self, state: RetryCallState) -> float:
+    def _delay(self, exc: BaseException | None, attempt: int) -> float:
         """Retry-After when the server sent one, else exponential backoff with jitter."""
-        exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, _Retryable) and exc.retry_after is not None:
             return exc.retry_after
         backoff = self.spec.backoff_s
-        return float(wait_exponential_jitter(initial=backoff, max=30.0, jitter=backoff)(state))
+        # Jitter from the global RNG on purpose: it must differ between workers, and it never
+        # touches the optimisation (algorithms use their own seeded generators).
+        return min(30.0, backoff * 2 ** (attempt - 1)) + random.uniform(0, backoff)
 
     async def _post(self, body: bytes) -> bytes:
         """One attempt: POST, following ≤ MAX_REDIRECTS redirects by hand, each hop re-checked."""

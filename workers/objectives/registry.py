@@ -33,6 +33,28 @@ def _client(spec: Any, seed: int, settings: Any) -> Objective:
     return ClientObjective(spec.dim)
 
 
+@register("endpoint")
+def _endpoint(spec: Any, seed: int, settings: Any) -> Objective:
+    from .endpoint import EndpointObjective
+
+    return EndpointObjective(spec, allow=settings.ssrf_allow)
+
+
+@register("metric")
+def _metric(spec: Any, seed: int, settings: Any) -> Objective:
+    from .metric import MetricObjective
+
+    path = None
+    if spec.dataset_id:
+        import redis
+
+        from workers.celery_app import redis_url
+        from workers.datasets import dataset_path
+
+        path = dataset_path(redis.Redis.from_url(redis_url()), settings.data_dir / "datasets", spec.dataset_id)
+    return MetricObjective(spec, dataset_path=path, allow=settings.ssrf_allow)
+
+
 @register("ranking")
 def _ranking(spec: Any, seed: int, settings: Any) -> Objective:
     from .ranking import BuiltinRankingOracle, ExternalRankingOracle

@@ -10,12 +10,15 @@ from typing import Annotated, Union
 from pydantic import BaseModel, Field
 
 from .algorithms import ZO_CONFIGS
+from .endpoint import EndpointObjective, MetricObjective
 from .objectives import BuiltinObjective, ClientObjective
 from .ranking import RankingObjective, ZORankSGDConfig
 
 ALGORITHM_CONFIGS: tuple[type[BaseModel], ...] = (*ZO_CONFIGS, ZORankSGDConfig)
 
-OBJECTIVE_SPECS: tuple[type[BaseModel], ...] = (BuiltinObjective, ClientObjective, RankingObjective)
+OBJECTIVE_SPECS: tuple[type[BaseModel], ...] = (
+    BuiltinObjective, ClientObjective, EndpointObjective, MetricObjective, RankingObjective,
+)
 
 ObjectiveSpec = Annotated[Union[OBJECTIVE_SPECS], Field(discriminator="kind")]  # type: ignore[valid-type]
 """The ``objective`` field of a job: a discriminated union on ``kind``."""
