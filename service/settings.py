@@ -34,7 +34,7 @@ class Settings(BaseSettings):
     lease_seconds: int = Field(60, ge=5, le=3600, description="TTL of a segment's lease on its job; renewed while it runs.")
     flush_seconds: float = Field(0.05, gt=0, le=5, description="Progress events are written to Redis at least this often.")
     segment_max_retries: int = Field(5, ge=0, le=100, description="Retries of a segment after transient objective errors.")
-    visibility_timeout: int = Field(300, ge=30, description="Seconds before Redis redelivers an unacknowledged task.")
+    visibility_timeout: int = Field(300, ge=5, description="Seconds before Redis redelivers an unacknowledged task.")
     ssrf_allow: list[str] = Field(
         default_factory=list, description='Hosts, IPs or CIDRs the worker may call despite the SSRF guard, e.g. ["127.0.0.1"].'
     )

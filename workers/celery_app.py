@@ -21,7 +21,7 @@ def redis_url() -> str:
 
 
 app = make_celery(get_settings(), redis_url())
-app.conf.include = ["workers.tasks"]
+app.conf.include = ["workers.tasks", "workers.federated"]
 
 
 @signals.worker_process_init.connect

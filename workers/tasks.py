@@ -29,6 +29,8 @@ from zoserve.models.problems import Problem
 from .algorithms.checkpoint import dump_state, load_state
 from .algorithms.registry import build_algorithm
 from .celery_app import app, redis_url
+from .federated import FEDERATED
+from .federated import start as start_federated
 from .jobstore import CancelListener, Lease, LeaseRefused, RedisSink, WorkerStore
 from .objectives.base import ObjectiveError, ObjectiveInvalid, ObjectiveRefused, ObjectiveTransient
 from .objectives.registry import build_objective
@@ -72,6 +74,8 @@ def run_segment_task(self: Task, job_id: str, ticket: str) -> str:
 def execute_segment(task: Task, ctx: Context, lease: Lease) -> str:
     h = ctx.store.job(lease.job_id)
     spec = job_create_adapter.validate_python(json.loads(h["spec"]))
+    if spec.algorithm in FEDERATED:  # rounds run as Celery chords, not as runner segments
+        return start_federated(lease)
     try:
         algo = build_algorithm(spec.algorithm, spec.algorithm_hparams())
         objective = build_objective(spec.objective, spec.seed, ctx.settings)

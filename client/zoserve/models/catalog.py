@@ -11,13 +11,14 @@ from pydantic import BaseModel, Field
 
 from .algorithms import ZO_CONFIGS
 from .endpoint import EndpointObjective, MetricObjective
+from .federated import FEDERATED_CONFIGS, FederatedObjective
 from .objectives import BuiltinObjective, ClientObjective
 from .ranking import RankingObjective, ZORankSGDConfig
 
-ALGORITHM_CONFIGS: tuple[type[BaseModel], ...] = (*ZO_CONFIGS, ZORankSGDConfig)
+ALGORITHM_CONFIGS: tuple[type[BaseModel], ...] = (*ZO_CONFIGS, ZORankSGDConfig, *FEDERATED_CONFIGS)
 
 OBJECTIVE_SPECS: tuple[type[BaseModel], ...] = (
-    BuiltinObjective, ClientObjective, EndpointObjective, MetricObjective, RankingObjective,
+    BuiltinObjective, ClientObjective, EndpointObjective, MetricObjective, RankingObjective, FederatedObjective,
 )
 
 ObjectiveSpec = Annotated[Union[OBJECTIVE_SPECS], Field(discriminator="kind")]  # type: ignore[valid-type]

@@ -73,6 +73,17 @@ class JobSpecBase(BaseModel):
         ranking_obj = getattr(self.objective, "kind", None) == "ranking"
         if ranking_algo != ranking_obj:
             raise ValueError("zo-ranksgd needs a 'ranking' objective, and a 'ranking' objective needs zo-ranksgd")
+        fed_algo = getattr(self, "algorithm", None) in ("fzoos", "fedzo")
+        if fed_algo != (getattr(self.objective, "kind", None) == "federated"):
+            raise ValueError("fzoos/fedzo need a 'federated' objective, and a 'federated' objective needs fzoos or fedzo")
+        if fed_algo:
+            for i, c in enumerate(getattr(self.objective, "clients", None) or []):
+                from .catalog import OBJECTIVE_SPECS
+
+                kinds = {m.model_fields["kind"].default for m in OBJECTIVE_SPECS} - {"federated", "ranking", "client"}
+                if c.objective.get("kind") not in kinds:
+                    raise ValueError(f"client {i}: objective kind must be one of {sorted(kinds)}")
+                _objective_adapter().validate_python(c.objective)
         return self
 
     @model_validator(mode="after")
@@ -81,6 +92,10 @@ class JobSpecBase(BaseModel):
         if self.x0 is not None and isinstance(dim, int) and len(self.x0) != dim:
             raise ValueError(f"x0 has {len(self.x0)} entries but the objective's dim is {dim}")
         return self
+
+
+def _objective_adapter() -> TypeAdapter[Any]:
+    return TypeAdapter(ObjectiveSpec)
 
 
 def _variant(config_cls: type[BaseModel]) -> type[JobSpecBase]:

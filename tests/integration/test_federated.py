@@ -1,0 +1,71 @@
+"""FZooS on Celery: rounds as chords across two real worker processes; a killed worker process
+mid-round does not stop the job."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+import zoserve
+from service.embedded import EmbeddedRedis
+from tests.conftest import OUT
+from tests.support.stack import celery_worker, wait_until
+
+FAST = {"rounds": 3, "local_iters": 3, "n_features": 200, "n_init": 5, "refit_points": 10, "refit_candidates": 50,
+        "explore_candidates": 30, "gp_neighbors": 40, "rff_neighbors": 100}
+SPEC = {"algorithm": "fzoos", "config": FAST, "seed": 4,
+        "objective": {"kind": "federated", "family": "quadratic", "n_clients": 5, "dim": 10},
+        "budget": {"max_steps": 3}}
+
+
+@pytest.fixture(scope="module")
+def second_worker(redis_server: EmbeddedRedis, worker: object) -> Iterator[object]:
+    with celery_worker(redis_server.url, "w2", OUT / "worker-w2.log", pool="prefork") as proc:
+        yield proc
+
+
+def test_fzoos_rounds_run_as_chords_across_two_workers(client: zoserve.Client, second_worker: object) -> None:
+    job = client.jobs.create(SPEC)
+    events = list(job.stream())
+    rounds = [e for e in events if e.type == "progress"]
+    assert [e.step for e in rounds] == [1, 2, 3]
+    assert all(e.extra["round_bytes"] > 0 and e.extra["failed_clients"] == 0 for e in rounds)
+    assert rounds[-1].queries > rounds[0].queries > 0
+    done = client.jobs.get(job.id)
+    assert done.status.value == "succeeded" and done.result is not None
+    assert done.result.value_best <= rounds[0].value  # F does not get worse than after round 1
+    # both worker processes took client tasks (chords spread over the pool)
+    assert max(e.extra["workers"] for e in rounds) >= 2 or _both_logged()
+
+
+def _both_logged() -> bool:
+    logs = [(OUT / f"worker-{n}.log").read_text() for n in ("w1", "w2")]
+    return all("zoserve.fed.client_local" in log for log in logs)
+
+
+def test_same_seed_same_result(client: zoserve.Client, second_worker: object) -> None:
+    a = client.jobs.create({**SPEC, "config": {**FAST, "rounds": 2}, "budget": {"max_steps": 2}}).wait()
+    b = client.jobs.create({**SPEC, "config": {**FAST, "rounds": 2}, "budget": {"max_steps": 2}}).wait()
+    assert a.result.x_best == b.result.x_best and a.result.queries == b.result.queries
+
+
+def test_killing_a_worker_process_mid_round_still_completes(client: zoserve.Client, second_worker: object) -> None:
+    parent = psutil.Process(second_worker.pid)  # type: ignore[attr-defined]
+    job = client.jobs.create({**SPEC, "config": {**FAST, "rounds": 4, "local_iters": 6}, "budget": {"max_steps": 4}})
+    wait_until(lambda: client.jobs.get(job.id).progress.step >= 1, timeout=120)
+    killed = 0
+    for child in parent.children(recursive=True):  # the prefork pool's process
+        os.kill(child.pid, signal.SIGKILL)
+        killed += 1
+    assert killed >= 1
+    done = client.jobs.wait(job.id)
+    assert done.status.value == "succeeded" and done.progress.step == 4
+    steps = [e.step for e in client.jobs.poll_events(job.id, limit=10_000).items if e.type == "progress"]
+    assert steps == sorted(steps) and len(steps) == len(set(steps))  # never backwards, never repeated
