@@ -27,6 +27,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "client")]
 
@@ -39,7 +40,7 @@ from workers.algorithms.base import Query  # noqa: E402
 from workers.objectives.endpoint import EndpointObjective  # noqa: E402
 
 
-def _serve_forever(port_box: mp.Queue, stop: mp.Event) -> None:  # type: ignore[type-arg]
+def _serve_forever(port_box: Any, stop: Any) -> None:
     torch.set_num_threads(1)
     with serve() as server:
         port_box.put(server.url)

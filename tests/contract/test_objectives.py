@@ -54,7 +54,8 @@ def endpoint(server: RunningServer, path: str = "/predict", **kw: Any) -> Endpoi
 def evaluate(obj: Any, points: torch.Tensor, kind: str = "values", k: int | None = None) -> Evaluation:
     async def go() -> Evaluation:
         try:
-            return await obj.evaluate(Query(points=points, kind=kind, k=k))  # type: ignore[arg-type]
+            ev: Evaluation = await obj.evaluate(Query(points=points, kind=kind, k=k))  # type: ignore[arg-type]
+            return ev
         finally:
             await obj.aclose()
 

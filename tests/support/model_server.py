@@ -69,7 +69,7 @@ def trained_model() -> torch.nn.Module:
     with torch.enable_grad():  # callers may be inside no_grad
         for _ in range(150):
             opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(x / 16.0), y).backward()
+            torch.nn.functional.cross_entropy(model(x / 16.0), y).backward()  # type: ignore[no-untyped-call]
             opt.step()
     model.requires_grad_(False)
     model.eval()
@@ -80,11 +80,12 @@ def predict(inputs: torch.Tensor) -> torch.Tensor:
     """Logits ``(n, 10)`` for raw-pixel inputs ``(n, 64)``."""
     model = trained_model()
     with torch.no_grad():
-        return model(inputs.to(torch.float32) / 16.0)
+        out: torch.Tensor = model(inputs.to(torch.float32) / 16.0)
+    return out
 
 
 def _rows(body: dict[str, Any], key: str = "inputs") -> torch.Tensor:
-    rows = body.get(key, body.get("params"))
+    rows: list[Any] = body.get(key, body.get("params")) or []
     return torch.tensor(rows, dtype=torch.float32).reshape(len(rows), -1)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 from collections.abc import Callable
@@ -75,9 +76,10 @@ def noise_generator(points: Tensor, seed: int) -> torch.Generator:
 class BuiltinObjective:
     """Evaluates a builtin function on every point of a query in one batched call."""
 
-    def __init__(self, function: str, dim: int, noise: float = 0.0, seed: int = 0):
+    def __init__(self, function: str, dim: int, noise: float = 0.0, seed: int = 0, latency_ms: float = 0.0):
         self.fn = FUNCTIONS[function]
         self.function, self.dim, self.noise, self.seed = function, dim, noise, seed
+        self.latency_s = latency_ms / 1000.0  # simulated I/O wait (scale-out tests); 0 = none
 
     def default_x0(self) -> Tensor:
         return default_x0(self.function, self.dim)
@@ -90,6 +92,8 @@ class BuiltinObjective:
 
     async def evaluate(self, query: Query) -> Evaluation:
         n = query.points.shape[0]
+        if self.latency_s > 0:
+            await asyncio.sleep(self.latency_s)
         return Evaluation(Answer(values=check_values(self.values(query.points), n)), queries=n)
 
     def resolve(self, query: Query, payload: dict[str, object]) -> Evaluation:

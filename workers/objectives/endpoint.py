@@ -28,8 +28,8 @@ import json
 import math
 import random
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, TypeVar
 
 import httpcore
 import httpx
@@ -53,6 +53,7 @@ MAX_RETRY_AFTER_S = 60.0
 MAX_RESPONSE_BYTES = 64 * 2**20
 EXCERPT_CHARS = 200
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_T = TypeVar("_T")
 
 
 class _Retryable(Exception):
@@ -254,7 +255,7 @@ class EndpointObjective:
             await self._http.aclose()
         self._http = None
 
-    async def _gather(self, inputs: Tensor, fn: Any) -> list[tuple[Tensor, Any]]:
+    async def _gather(self, inputs: Tensor, fn: Callable[[Tensor], Coroutine[Any, Any, _T]]) -> list[_T]:
         """Run ``fn`` on each batch of ≤ batch_size rows, ``concurrency`` at a time, in order."""
         if not bool(torch.isfinite(inputs).all()):
             raise ObjectiveInvalid("a query point has non-finite coordinates")
@@ -379,11 +380,11 @@ class EndpointObjective:
     def _delay(self, exc: BaseException | None, attempt: int) -> float:
         """Retry-After when the server sent one, else exponential backoff with jitter."""
         if isinstance(exc, _Retryable) and exc.retry_after is not None:
-            return exc.retry_after
+            return float(exc.retry_after)
         backoff = self.spec.backoff_s
         # Jitter from the global RNG on purpose: it must differ between workers, and it never
         # touches the optimisation (algorithms use their own seeded generators).
-        return min(30.0, backoff * 2 ** (attempt - 1)) + random.uniform(0, backoff)
+        return min(30.0, backoff * 2.0 ** (attempt - 1)) + random.uniform(0, backoff)
 
     async def _post(self, body: bytes) -> bytes:
         """One attempt: POST, following ≤ MAX_REDIRECTS redirects by hand, each hop re-checked."""

@@ -23,7 +23,7 @@ def register(kind: str) -> Callable[[Factory], Factory]:
 def _builtin(spec: Any, seed: int, settings: Any) -> Objective:
     from .builtin import BuiltinObjective
 
-    return BuiltinObjective(spec.function, spec.dim, spec.noise, seed)
+    return BuiltinObjective(spec.function, spec.dim, spec.noise, seed, getattr(spec, "latency_ms", 0.0))
 
 
 @register("client")

@@ -23,6 +23,7 @@ class BuiltinObjective(BaseModel):
     function: BuiltinFunction = Field(description="Test function to minimise.")
     dim: int = Field(ge=1, le=10_000_000, description="Dimension of x.")
     noise: float = Field(0.0, ge=0.0, le=1e6, description="Std of Gaussian noise added to every value.")
+    latency_ms: float = Field(0.0, ge=0.0, le=60_000, description="Artificial wait per evaluation (simulates a slow, I/O-bound objective; used by load and scale-out tests).")
 
 
 class ClientObjective(BaseModel):

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import json
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 
+from zoserve.models.jobs import Job
 from zoserve.models.queries import PendingQuery, QueryAnswer, QueryPage
 
 from ...problems import Conflict, NotFound, Unprocessable
 from ...queue import enqueue_segment
 from ...records import job_from_hash
 from ...store import StoreConflict
-from ..deps import CeleryDep, JobHashDep, SettingsDep, StoreDep
-from zoserve.models.jobs import Job
-import json
+from ..deps import CeleryDep, JobHashDep, SettingsDep, StoreDep, TenantDep
 
 router = APIRouter(prefix="/v1/jobs", tags=["queries"])
 
@@ -28,7 +28,7 @@ async def list_queries(job: JobHashDep, store: StoreDep,
 
 @router.post("/{job_id}/queries/{query_id}/answer", response_model=Job, status_code=202, summary="Answer a pending query")
 async def answer_query(query_id: str, answer: QueryAnswer, job: JobHashDep, store: StoreDep,
-                       celery: CeleryDep, settings: SettingsDep) -> Job:
+                       celery: CeleryDep, settings: SettingsDep, tenant: TenantDep) -> Job:
     """Values (one per point) or a ranking (candidate ids, best first). Stale or duplicate → 409."""
     query = await store.get_query(job["id"], query_id)
     if query is None:
@@ -41,11 +41,13 @@ async def answer_query(query_id: str, answer: QueryAnswer, job: JobHashDep, stor
     except KeyError:
         raise NotFound(f"job {job['id']} has no query {query_id}") from None
     enqueue_segment(celery, job["id"], ticket, json.loads(job["spec_public"]).get("queue"))
-    h = await store.r.hgetall(f"zo:job:{job['id']}")
-    return job_from_hash({k.decode(): v.decode() for k, v in h.items()}, settings.public_url)
+    h = await store.get_hash(tenant, job["id"])
+    if h is None:
+        raise NotFound(f"no job {job['id']}")
+    return job_from_hash(h, settings.public_url)
 
 
-def _check_answer(query: dict, answer: QueryAnswer) -> None:
+def _check_answer(query: dict[str, Any], answer: QueryAnswer) -> None:
     if query["kind"] == "values":
         n = len(query["points"])
         if answer.values is None:
