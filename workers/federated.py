@@ -230,16 +230,23 @@ class RoundFailed(Exception):
     """Too many clients failed in a round."""
 
 
+def _barrier(job_id: str, r: int, results: list[dict[str, Any]]) -> tuple[FedJob, list[dict[str, Any]] | str]:
+    """A server step's prologue: the job, and its surviving clients' results — or why to stop."""
+    job = FedJob(job_id)
+    if (done := _stop_if_needed(job)) is not None:
+        return job, done
+    try:
+        return job, _survivors(job, results)
+    except RoundFailed as exc:
+        return job, _fail(job, r, str(exc))
+
+
 @app.task(name="zoserve.fed.server_mid", acks_late=True, reject_on_worker_lost=True, ignore_result=False)
 def server_mid(results: list[dict[str, Any]], job_id: str, r: int) -> str:
     """Barrier 1: average the clients' iterates, then ask every survivor for f_i(x̄) (+ refit)."""
-    job = FedJob(job_id)
-    if (done := _stop_if_needed(job)) is not None:
-        return done
-    try:
-        ok = _survivors(job, results)
-    except RoundFailed as exc:
-        return _fail(job, r, str(exc))
+    job, ok = _barrier(job_id, r, results)
+    if isinstance(ok, str):
+        return ok
     xs = [torch.tensor(res["x"], dtype=torch.float64) for res in ok]
     x_bar, _ = fz.server_aggregate(xs, None, [job.weights[res["client"]] for res in ok])
     rho = fz.server_radii(x_bar, xs)
@@ -253,13 +260,9 @@ def server_mid(results: list[dict[str, Any]], job_id: str, r: int) -> str:
 @app.task(name="zoserve.fed.server_end", acks_late=True, reject_on_worker_lost=True, ignore_result=False)
 def server_end(results: list[dict[str, Any]], job_id: str, r: int) -> str:
     """Barrier 2: average surrogate weights, score F(x̄), checkpoint the round, go on or finish."""
-    job = FedJob(job_id)
-    if (done := _stop_if_needed(job)) is not None:
-        return done
-    try:
-        ok = _survivors(job, results)
-    except RoundFailed as exc:
-        return _fail(job, r, str(exc))
+    job, ok = _barrier(job_id, r, results)
+    if isinstance(ok, str):
+        return ok
     mid = json.loads(job.r.get(_k(job.id, f"mid:{r}")))
     p = [job.weights[res["client"]] for res in ok]
     ws = [torch.tensor(res["w"], dtype=torch.float64) for res in ok if res["w"] is not None]
