@@ -8,12 +8,17 @@ from contextlib import asynccontextmanager
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 
+from . import logs, metrics
 from .api.routes import datasets, events, health, jobs, queries
+from .api import openapi
+from .api.routes import keys as api_keys
 from .embedded import EmbeddedRedis
+from .limits import BodyLimit
 from .problems import install_handlers
 from .queue import make_celery
 from .security import KeyRing
 from .settings import Settings, get_settings
+from .web import routes as web_routes
 
 
 def resolve_redis_url(settings: Settings) -> tuple[str, EmbeddedRedis | None]:
@@ -32,12 +37,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from .store import JobStore
 
+        logs.configure(settings)  # JSON lines if ZOSERVE_LOG_JSON (uvicorn has set up its loggers by now)
         url, embedded = resolve_redis_url(settings)
         client = aioredis.Redis.from_url(url)
         app.state.settings = settings
         app.state.store = JobStore(client)
         app.state.celery = make_celery(settings, url)
-        app.state.keyring = KeyRing(settings)
+        app.state.keyring = KeyRing(settings, client)  # static keys, then runtime keys in Redis; rate limits
         try:
             yield
         finally:
@@ -53,6 +59,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_handlers(app)
+    openapi.install(app)  # problem+json errors, Bearer auth and the limits' status codes in the spec
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)  # 413 problem over max_body_bytes
+    app.include_router(api_keys.router)
     for module in (jobs, queries, events, datasets, health):
         app.include_router(module.router)
+    app.include_router(metrics.router)
+    app.include_router(web_routes.router)  # /ui pages + the form's /v1 routes (service/web)
     return app

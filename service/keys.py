@@ -69,3 +69,39 @@ def dataset_data(ds_id: str) -> str:
 def tenant_datasets(tenant: str) -> str:
     """Sorted set: the tenant's dataset ids by upload time."""
     return f"{PREFIX}:tenant:{tenant}:datasets"
+
+
+def rater(token_digest: str) -> str:
+    """Hash with TTL (its expiry): a rater link by token digest (id, job_id, tenant, created_at, expires_at)."""
+    return f"{PREFIX}:rater:{token_digest}"
+
+
+def job_raters(job_id: str) -> str:
+    """Hash: the job's rater links, link id -> JSON record with the token digest (for listing and revoking)."""
+    return f"{PREFIX}:job:{job_id}:raters"
+
+
+def apikey(key_digest: str) -> str:
+    """Hash: a runtime API key by SHA-256 digest (id, tenant, name, created_at, revoked_at)."""
+    return f"{PREFIX}:apikey:{key_digest}"
+
+
+def apikey_id(key_id: str) -> str:
+    """String: the digest of runtime API key ``key_id`` (for revocation by id)."""
+    return f"{PREFIX}:apikey-id:{key_id}"
+
+
+def rate(principal: str) -> str:
+    """Hash with TTL: a key's token bucket (tokens, ts)."""
+    return f"{PREFIX}:rate:{principal}"
+
+
+def tenant_active(tenant: str) -> str:
+    """Set: the tenant's jobs that may be in flight (pruned of terminal ones on every create)."""
+    return f"{PREFIX}:tenant:{tenant}:active"
+
+
+APIKEYS = f"{PREFIX}:apikeys"  # sorted set: runtime key id -> creation time
+OUTBOX = f"{PREFIX}:outbox"  # sorted set: "job_id|ticket" -> when its segment is due to be sent (reaper re-sends)
+OPEN = f"{PREFIX}:open"  # set: job ids whose segment acquired a lease and has not released it yet
+JOB_PREFIX = f"{PREFIX}:job:"

@@ -7,6 +7,9 @@ Exception tree::
     ├── Conflict            409 (stale or duplicate answers, terminal jobs)
     ├── Unprocessable       422 (semantic errors beyond schema validation)
     ├── Unauthorized        401
+    ├── Forbidden           403 (admin operations without the admin key)
+    ├── TooLarge            413 (request body over max_body_bytes)
+    ├── TooManyRequests     429 (rate limit, quota) with Retry-After
     └── Unavailable         503 (not ready)
 """
 
@@ -33,6 +36,7 @@ class ProblemError(Exception):
         super().__init__(detail or self.title)
         self.detail = detail
         self.extra = extra
+        self.headers: dict[str, str] | None = None
 
 
 class NotFound(ProblemError):
@@ -51,6 +55,24 @@ class Unauthorized(ProblemError):
     status, title, type = 401, "Unauthorized", "urn:zoserve:unauthorized"
 
 
+class Forbidden(ProblemError):
+    status, title, type = 403, "Forbidden", "urn:zoserve:forbidden"
+
+
+class TooLarge(ProblemError):
+    status, title, type = 413, "Content Too Large", "urn:zoserve:too-large"
+
+
+class TooManyRequests(ProblemError):
+    """429; ``retry_after`` (seconds) goes into the ``Retry-After`` header and the body."""
+
+    status, title, type = 429, "Too Many Requests", "urn:zoserve:too-many-requests"
+
+    def __init__(self, detail: str | None = None, *, retry_after: int, **extra: Any):
+        super().__init__(detail, retry_after=retry_after, **extra)
+        self.headers = {"Retry-After": str(max(1, retry_after))}
+
+
 class Unavailable(ProblemError):
     status, title, type = 503, "Service Unavailable", "urn:zoserve:unavailable"
 
@@ -65,7 +87,7 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(ProblemError)
     async def _problem(request: Request, exc: ProblemError) -> JSONResponse:
         return problem_response(Problem(type=exc.type, title=exc.title, status=exc.status, detail=exc.detail,
-                                        instance=request.url.path, **exc.extra))
+                                        instance=request.url.path, **exc.extra), headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -8,18 +8,33 @@ from __future__ import annotations
 
 TERMINAL = "st == 'succeeded' or st == 'failed' or st == 'cancelled'"
 
-# KEYS: idem (or a dummy), job, events, tenant_jobs, seq
-# ARGV: job_id, body_hash ('' = no idempotency key), idem_ttl, first event json, field/value pairs...
-CREATE = """
+# KEYS: idem (or a dummy), job, events, tenant_jobs, seq, tenant_active, outbox
+# ARGV: job_id, body_hash ('' = no idempotency key), idem_ttl, first event json, max jobs in flight (0 = no
+#       limit), job-key prefix, outbox member, outbox score, field/value pairs...
+# Returns '' created, 'job_id|hash' of an earlier job with this Idempotency-Key, or '!quota:<n>' (n in flight).
+# The quota scan prunes terminal jobs from the tenant's active set (reads job hashes outside KEYS: one Redis,
+# not a cluster).
+CREATE = f"""
 if ARGV[2] ~= '' then
   local existing = redis.call('GET', KEYS[1])
   if existing then return existing end
-  redis.call('SET', KEYS[1], ARGV[1] .. '|' .. ARGV[2], 'EX', ARGV[3])
 end
+local limit = tonumber(ARGV[5])
+if limit > 0 then
+  local n = 0
+  for _, jid in ipairs(redis.call('SMEMBERS', KEYS[6])) do
+    local st = redis.call('HGET', ARGV[6] .. jid, 'status')
+    if (not st) or {TERMINAL} then redis.call('SREM', KEYS[6], jid) else n = n + 1 end
+  end
+  if n >= limit then return '!quota:' .. n end
+  redis.call('SADD', KEYS[6], ARGV[1])
+end
+if ARGV[2] ~= '' then redis.call('SET', KEYS[1], ARGV[1] .. '|' .. ARGV[2], 'EX', ARGV[3]) end
 local seq = redis.call('INCR', KEYS[5])
-redis.call('HSET', KEYS[2], 'seq', seq, unpack(ARGV, 5))
+redis.call('HSET', KEYS[2], 'seq', seq, unpack(ARGV, 9))
 redis.call('XADD', KEYS[3], '*', 't', 'status', 'e', ARGV[4])
 redis.call('ZADD', KEYS[4], seq, ARGV[1])
+redis.call('ZADD', KEYS[7], ARGV[8], ARGV[7])
 return ''
 """
 
@@ -36,7 +51,8 @@ redis.call('XADD', KEYS[2], '*', 't', 'error', 'e', ARGV[1])
 return 2
 """
 
-# KEYS: job, queries, answers, events   ARGV: qid, answer json, new ticket, now, queued-event json
+# KEYS: job, queries, answers, events, outbox
+# ARGV: qid, answer json, new ticket, now, queued-event json, outbox member, outbox score
 # Returns -1 unknown query, -2 already answered, -3 not the pending query (stale), 1 accepted.
 ANSWER = """
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then return -1 end
@@ -46,22 +62,34 @@ if st ~= 'waiting' or redis.call('HGET', KEYS[1], 'pending_query') ~= ARGV[1] th
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[1], 'status', 'queued', 'ticket', ARGV[3], 'pending_query', '', 'updated_at', ARGV[4])
 redis.call('XADD', KEYS[4], '*', 't', 'status', 'e', ARGV[5])
+redis.call('ZADD', KEYS[5], ARGV[7], ARGV[6])
 return 1
 """
 
-# KEYS: fence, lease, job, events   ARGV: ticket, lease ttl, now, running-event json
-# Returns {token} on success, or {code, info}: -1 no job, -2 terminal, -3 stale ticket,
-# -4 lease held by a live segment (info = its ttl), -5 cancel requested (token given to finish).
+# KEYS: fence, lease, job, events, outbox, open
+# ARGV: ticket, lease ttl, now, running-event json, max consecutive crashes, job id
+# Returns {token, previous status} on success, or {code, info}: -1 no job, -2 terminal, -3 stale ticket (or a
+# waiting job: only an answer, with a new ticket, resumes it), -4 lease held by a live segment (info = its ttl),
+# -5 cancel requested (info = token to finish with), -6 the job's segments died too often in a row (info =
+# "token|crashes"; the task fails the job). A segment that acquired and never released (``open`` still set)
+# crashed, stalled past its lease or was fenced out: each such one counts towards -6 until a release resets it.
 ACQUIRE = f"""
 local st = redis.call('HGET', KEYS[3], 'status')
 if not st then return {{-1, ''}} end
 if {TERMINAL} then return {{-2, st}} end
-if redis.call('HGET', KEYS[3], 'ticket') ~= ARGV[1] then return {{-3, st}} end
-local ttl = redis.call('TTL', KEYS[2])
-if ttl > 0 then return {{-4, tostring(ttl)}} end
+if redis.call('HGET', KEYS[3], 'ticket') ~= ARGV[1] or st == 'waiting' then return {{-3, st}} end
+local pttl = redis.call('PTTL', KEYS[2])
+if pttl > 0 then return {{-4, tostring(math.ceil(pttl / 1000))}} end
+redis.call('ZREM', KEYS[5], ARGV[6] .. '|' .. ARGV[1])
 local token = redis.call('INCR', KEYS[1])
 redis.call('SET', KEYS[2], token, 'EX', ARGV[2])
+local crashes = 0
+local open = redis.call('HGET', KEYS[3], 'open')
+if open and open ~= '' then crashes = redis.call('HINCRBY', KEYS[3], 'crashes', 1) end
+redis.call('HSET', KEYS[3], 'open', token)
+redis.call('SADD', KEYS[6], ARGV[6])
 if redis.call('HGET', KEYS[3], 'cancel_requested') == '1' then return {{-5, tostring(token)}} end
+if crashes > tonumber(ARGV[5]) then return {{-6, token .. '|' .. crashes}} end
 if st ~= 'running' then
   redis.call('HSET', KEYS[3], 'status', 'running', 'updated_at', ARGV[3])
   redis.call('XADD', KEYS[4], '*', 't', 'status', 'e', ARGV[4])
@@ -70,24 +98,87 @@ redis.call('HINCRBY', KEYS[3], 'segments', 1)
 return {{token, st}}
 """
 
-# KEYS: fence, lease, job, events, ckpt, queries
-# ARGV: token, op json {hset:{...}, queries:{...}, release:bool, lease_ttl, maxlen}, ckpt bytes ('' = keep),
-#       then (type, event json) pairs
+# KEYS: fence, lease, job, events, ckpt, queries, outbox, open
+# ARGV: token, op json {hset:{...}, queries:{...}, release:bool, lease_ttl, maxlen, cid, job, outbox, due},
+#       ckpt bytes ('' = keep), then (type, event json) pairs
 # Returns -1 fenced out (a newer segment owns the job), -2 job already terminal, 1 cancel requested, 0 ok.
+# ``cid`` makes a retried commit (reply lost when Redis restarted) a no-op; ``outbox`` (a "job|ticket"
+# member, due at ``due``) records a segment to be sent, so the reaper sends it if this worker dies first;
+# a release clears ``open`` and the crash count.
 COMMIT = f"""
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+local op = cjson.decode(ARGV[2])
+if op.cid ~= '' and redis.call('HGET', KEYS[3], 'last_commit') == op.cid then return 0 end
 local st = redis.call('HGET', KEYS[3], 'status')
 if {TERMINAL} then redis.call('DEL', KEYS[2]) return -2 end
-local op = cjson.decode(ARGV[2])
 for i = 4, #ARGV, 2 do redis.call('XADD', KEYS[4], 'MAXLEN', '~', op.maxlen, '*', 't', ARGV[i], 'e', ARGV[i + 1]) end
 for k, v in pairs(op.hset) do redis.call('HSET', KEYS[3], k, v) end
 for k, v in pairs(op.queries) do redis.call('HSET', KEYS[6], k, v) end
 if ARGV[3] ~= '' then redis.call('SET', KEYS[5], ARGV[3]) end
+if op.cid ~= '' then redis.call('HSET', KEYS[3], 'last_commit', op.cid) end
+if op.outbox ~= '' then redis.call('ZADD', KEYS[7], op.due, op.outbox) end
 if op.release then
   if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+  redis.call('HSET', KEYS[3], 'open', '', 'crashes', 0)
+  redis.call('SREM', KEYS[8], op.job)
 else
   redis.call('SET', KEYS[2], ARGV[1], 'EX', op.lease_ttl)
 end
 if redis.call('HGET', KEYS[3], 'cancel_requested') == '1' then return 1 end
 return 0
+"""
+
+# KEYS: fence, lease, job   ARGV: token, lease ttl
+# Extends a live segment's lease during a long step; a no-op once the segment released or was fenced out.
+RENEW = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] or redis.call('HGET', KEYS[3], 'open') ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
+return 1
+"""
+
+# KEYS: job, lease, outbox, open   ARGV: job id, new ticket, outbox score, now
+# The reaper's revival of a job whose segment died: the lease has expired but the segment never released.
+# Rotates the ticket (the dead worker's message, if it ever comes back, is then stale), records the new
+# segment in the outbox and returns the queue to send it to; '' when there is nothing to do.
+REVIVE = f"""
+local st = redis.call('HGET', KEYS[1], 'status')
+local open = redis.call('HGET', KEYS[1], 'open')
+if (not st) or {TERMINAL} or (not open) or open == '' then redis.call('SREM', KEYS[4], ARGV[1]) return '' end
+if redis.call('PTTL', KEYS[2]) > 0 then return '' end
+redis.call('HSET', KEYS[1], 'ticket', ARGV[2], 'updated_at', ARGV[4])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1] .. '|' .. ARGV[2])
+redis.call('SREM', KEYS[4], ARGV[1])
+return redis.call('HGET', KEYS[1], 'queue') or 'cpu'
+"""
+
+# KEYS: job, outbox   ARGV: outbox member ("job|ticket"), ticket, new score
+# The reaper's re-send of a segment whose sender died between recording and sending it. Drops entries whose
+# ticket is no longer current (or whose job waits or ended); otherwise re-arms the entry (another reaper waits
+# a full period) and returns the queue.
+RESEND = f"""
+local st = redis.call('HGET', KEYS[1], 'status')
+if (not st) or {TERMINAL} or st == 'waiting' or redis.call('HGET', KEYS[1], 'ticket') ~= ARGV[2] then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return ''
+end
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+return redis.call('HGET', KEYS[1], 'queue') or 'cpu'
+"""
+
+# KEYS: bucket   ARGV: rate (tokens per second), burst
+# A token bucket on Redis time: returns 0 when a token was taken, else the milliseconds until one is free.
+RATE = """
+if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens, ts = tonumber(b[1]), tonumber(b[2])
+if not tokens then tokens, ts = burst, now end
+tokens = math.min(burst, tokens + math.max(0, now - ts) * rate / 1000)
+local wait = 0
+if tokens < 1 then wait = math.ceil((1 - tokens) * 1000 / rate) else tokens = tokens - 1 end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', now)
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / rate) + 1000)
+return wait
 """

@@ -43,6 +43,14 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(64 * 2**20, ge=1024, description="Largest request body accepted.")
     event_retention: int = Field(200_000, ge=1000, description="Events kept per job stream (approximate MAXLEN).")
     worker_heartbeat_seconds: float = Field(2.0, gt=0, description="How often a worker writes its heartbeat.")
+    reaper_seconds: float = Field(5.0, gt=0, le=300, description="How often each worker looks for dead segments (lease expired, never released) and lost sends, and re-sends them.")
+    segment_max_crashes: int = Field(3, ge=1, le=100, description="A job whose segments die this many times in a row (killed, out of memory, stalled past the lease) fails instead of taking more workers down.")
+    rate_limit_per_second: float = Field(100.0, ge=0, description="Requests per second allowed per API key (token bucket in Redis; 0 = unlimited); over it: 429 with Retry-After.")
+    rate_limit_burst: int = Field(200, ge=1, description="Requests an API key may make at once before rate_limit_per_second applies.")
+    max_jobs_in_flight: int = Field(100, ge=0, description="Unfinished (queued, running, waiting) jobs a tenant may have (0 = unlimited); over it: 429.")
+    max_queries_per_job: int = Field(10**9, ge=1, description="Cap on a job's budget.max_queries; jobs without one get this cap, larger ones are refused (422).")
+    rater_link_days: float = Field(7.0, gt=0, le=365, description="Default lifetime of a rater link (the ranking form for one job, no API key), in days.")
+    log_json: bool = Field(False, description="Log one JSON object per line (with job_id) from the API and workers; set it in production.")
 
 
 @functools.lru_cache(maxsize=1)

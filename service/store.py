@@ -16,6 +16,7 @@ Invariants (each enforced by one Lua script in ``scripts.py``):
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from typing import Any
 
@@ -36,6 +37,19 @@ class StoreConflict(Exception):
     """A state change that the job's current state forbids (stale or duplicate answer)."""
 
 
+class QuotaExceeded(Exception):
+    """The tenant already has ``in_flight`` jobs that are not finished (``max_jobs_in_flight``)."""
+
+    def __init__(self, in_flight: int):
+        super().__init__(f"{in_flight} jobs in flight")
+        self.in_flight = in_flight
+
+
+def outbox_member(job_id: str, ticket: str) -> str:
+    """The outbox entry of the segment ``(job_id, ticket)``; see ``keys.OUTBOX``."""
+    return f"{job_id}|{ticket}"
+
+
 class JobStore:
     """Async Redis-backed store used by the API."""
 
@@ -45,8 +59,12 @@ class JobStore:
         self._cancel = client.register_script(scripts.CANCEL)
         self._answer = client.register_script(scripts.ANSWER)
 
-    async def create_job(self, tenant: str, spec: BaseModel, idem_key: str | None) -> tuple[str, bool]:
-        """Record a queued job; returns ``(job_id, created)``; ``created`` is False on an idempotent replay."""
+    async def create_job(self, tenant: str, spec: BaseModel, idem_key: str | None,
+                         max_in_flight: int = 0) -> tuple[str, bool]:
+        """Record a queued job; returns ``(job_id, created)``; ``created`` is False on an idempotent replay.
+
+        Raises :class:`QuotaExceeded` when the tenant already has ``max_in_flight`` (> 0) unfinished jobs.
+        The first segment is recorded in the outbox: call :meth:`sent` once it is enqueued."""
         job_id = "job_" + uuid.uuid4().hex
         digest = body_hash(spec) if idem_key else ""
         now = now_iso()
@@ -56,14 +74,18 @@ class JobStore:
             "algorithm": getattr(spec, "algorithm"), "objective_kind": objective.kind,
             "name": getattr(spec, "name") or "", "spec": json.dumps(reveal(spec)),
             "spec_public": spec.model_dump_json(), "progress": "{}", "created_at": now, "updated_at": now,
-            "ticket": uuid.uuid4().hex,
+            "ticket": uuid.uuid4().hex, "queue": getattr(spec, "queue", None) or "cpu",
         }
         flat = [x for kv in fields.items() for x in kv]
         idem = keys.idempotency(tenant, idem_key) if idem_key else keys.idempotency(tenant, "-")
         existing = await self._create(
-            keys=[idem, keys.job(job_id), keys.events(job_id), keys.tenant_jobs(tenant), keys.SEQUENCE],
-            args=[job_id, digest, keys.IDEMPOTENCY_TTL, status_event(JobStatus.queued), *flat],
+            keys=[idem, keys.job(job_id), keys.events(job_id), keys.tenant_jobs(tenant), keys.SEQUENCE,
+                  keys.tenant_active(tenant), keys.OUTBOX],
+            args=[job_id, digest, keys.IDEMPOTENCY_TTL, status_event(JobStatus.queued), max_in_flight, keys.JOB_PREFIX,
+                  outbox_member(job_id, fields["ticket"]), time.time(), *flat],
         )
+        if existing and existing.startswith(b"!quota:"):
+            raise QuotaExceeded(int(existing[7:]))
         if existing:
             old_id, old_digest = existing.decode().split("|", 1)
             if old_digest != digest:
@@ -145,8 +167,9 @@ class JobStore:
         """Store an answer and re-queue the job; returns the new segment ticket."""
         ticket = uuid.uuid4().hex
         code = int(await self._answer(
-            keys=[keys.job(job_id), keys.queries(job_id), keys.answers(job_id), keys.events(job_id)],
-            args=[qid, json.dumps(answer), ticket, now_iso(), status_event(JobStatus.queued, "answer received")],
+            keys=[keys.job(job_id), keys.queries(job_id), keys.answers(job_id), keys.events(job_id), keys.OUTBOX],
+            args=[qid, json.dumps(answer), ticket, now_iso(), status_event(JobStatus.queued, "answer received"),
+                  outbox_member(job_id, ticket), time.time()],
         ))
         if code == -1:
             raise KeyError(qid)
@@ -156,7 +179,9 @@ class JobStore:
             raise StoreConflict(f"query {qid} is not the job's pending query (stale)")
         return ticket
 
-    async def workers_alive(self, window_s: float) -> int:
-        import time
+    async def sent(self, job_id: str, ticket: str) -> None:
+        """The segment ``(job_id, ticket)`` is in the broker: drop its outbox entry (else a reaper re-sends it)."""
+        await self.r.zrem(keys.OUTBOX, outbox_member(job_id, ticket))
 
+    async def workers_alive(self, window_s: float) -> int:
         return int(await self.r.zcount(keys.WORKERS, time.time() - window_s, "+inf"))

@@ -23,6 +23,8 @@ def redis_url() -> str:
 app = make_celery(get_settings(), redis_url())
 app.conf.include = ["workers.tasks", "workers.federated"]
 
+from . import observe  # noqa: E402,F401 - JSON logs with job ids, via Celery signals
+
 
 @signals.worker_process_init.connect
 @signals.worker_init.connect

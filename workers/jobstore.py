@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
+import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 import time
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import Any
 import redis
 
 from service import keys, scripts
+from service.metrics import LatencyRecorder, push_latency
 from service.records import now_iso, status_event
 
 from .runner import Signal, Tally, dumps
@@ -38,20 +40,25 @@ class LeaseRefused(Exception):
 class WorkerStore:
     """Sync store used by segments."""
 
-    def __init__(self, client: redis.Redis, lease_ttl: int, maxlen: int):
+    def __init__(self, client: redis.Redis, lease_ttl: int, maxlen: int, max_crashes: int = 3):
         self.r = client
-        self.lease_ttl, self.maxlen = lease_ttl, maxlen
+        self.lease_ttl, self.maxlen, self.max_crashes = lease_ttl, maxlen, max_crashes
         self._acquire = client.register_script(scripts.ACQUIRE)
         self._commit = client.register_script(scripts.COMMIT)
+        self._renew = client.register_script(scripts.RENEW)
+        self._revive = client.register_script(scripts.REVIVE)
+        self._resend = client.register_script(scripts.RESEND)
 
     def acquire(self, job_id: str, ticket: str) -> Lease:
         from zoserve.models.jobs import JobStatus
 
-        code, info = self._acquire(keys=[keys.fence(job_id), keys.lease(job_id), keys.job(job_id), keys.events(job_id)],
-                                   args=[ticket, self.lease_ttl, now_iso(), status_event(JobStatus.running)])
+        code, info = self._acquire(keys=[keys.fence(job_id), keys.lease(job_id), keys.job(job_id), keys.events(job_id),
+                                         keys.OUTBOX, keys.OPEN],
+                                   args=[ticket, self.lease_ttl, now_iso(), status_event(JobStatus.running),
+                                         self.max_crashes, job_id])
         info = info.decode() if isinstance(info, bytes) else str(info)
-        if int(code) == -5:
-            raise LeaseRefused(-5, info)  # cancel requested; info is the token to finish with
+        if int(code) in (-5, -6):
+            raise LeaseRefused(int(code), info)  # cancel requested / crashed too often; info starts with the token
         if int(code) < 0:
             raise LeaseRefused(int(code), info)
         return Lease(job_id, str(code), info)
@@ -68,14 +75,41 @@ class WorkerStore:
 
     def commit(self, job_id: str, token: str, *, events: list[tuple[str, str]] = (),  # type: ignore[assignment]
                hset: dict[str, str] | None = None, queries: dict[str, str] | None = None, ckpt: bytes | None = None,
-               release: bool = False) -> int:
-        """One fenced write of (type, json) events, fields, queries and checkpoint; see ``scripts.COMMIT``."""
+               release: bool = False, outbox: str | None = None, due_in: float = 0.0) -> int:
+        """One fenced write of (type, json) events, fields, queries and checkpoint; see ``scripts.COMMIT``.
+
+        ``outbox``: a ticket whose segment this worker is about to send (due ``due_in`` seconds from now); call
+        :meth:`sent` after sending it. Idempotent: a retry after a lost reply (Redis restart) applies nothing twice.
+        """
         op = {"hset": {"updated_at": now_iso(), **(hset or {})}, "queries": queries or {},
-              "release": release, "lease_ttl": self.lease_ttl, "maxlen": self.maxlen}
+              "release": release, "lease_ttl": self.lease_ttl, "maxlen": self.maxlen, "cid": uuid.uuid4().hex,
+              "job": job_id, "outbox": f"{job_id}|{outbox}" if outbox else "", "due": time.time() + due_in}
         flat = [part for pair in events for part in pair]
         return int(self._commit(keys=[keys.fence(job_id), keys.lease(job_id), keys.job(job_id), keys.events(job_id),
-                                      keys.checkpoint(job_id), keys.queries(job_id)],
+                                      keys.checkpoint(job_id), keys.queries(job_id), keys.OUTBOX, keys.OPEN],
                                 args=[token, json.dumps(op), ckpt or b"", *flat]))
+
+    def sent(self, job_id: str, ticket: str) -> None:
+        """The segment ``(job_id, ticket)`` is in the broker: drop its outbox entry."""
+        self.r.zrem(keys.OUTBOX, f"{job_id}|{ticket}")
+
+    def renew(self, job_id: str, token: str) -> bool:
+        """Extend a live segment's lease (a long step); False once it released or was fenced out."""
+        return bool(self._renew(keys=[keys.fence(job_id), keys.lease(job_id), keys.job(job_id)],
+                                args=[token, self.lease_ttl]))
+
+    def revive(self, job_id: str) -> tuple[str, str] | None:
+        """``(ticket, queue)`` of a new segment for a job whose segment died (see ``scripts.REVIVE``), or None."""
+        ticket = uuid.uuid4().hex
+        queue = self._revive(keys=[keys.job(job_id), keys.lease(job_id), keys.OUTBOX, keys.OPEN],
+                             args=[job_id, ticket, time.time(), now_iso()])
+        return (ticket, queue.decode()) if queue else None
+
+    def resend(self, member: str) -> tuple[str, str, str] | None:
+        """``(job_id, ticket, queue)`` of an outbox entry still worth sending (see ``scripts.RESEND``), or None."""
+        job_id, _, ticket = member.partition("|")
+        queue = self._resend(keys=[keys.job(job_id), keys.OUTBOX], args=[member, ticket, time.time()])
+        return (job_id, ticket, queue.decode()) if queue else None
 
 
 class RedisSink:
@@ -89,6 +123,18 @@ class RedisSink:
         self._cancel = False
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zoserve-flush")
         self._inflight: Future[int] | None = None
+        self.latency = LatencyRecorder()  # objective latency for /metrics, pushed with the flushes
+        self.observe = self.latency.observe
+        self._done = threading.Event()  # a step longer than the lease must not look like a dead segment
+        threading.Thread(target=self._keep_lease, name="zoserve-lease", daemon=True).start()
+
+    def _keep_lease(self) -> None:
+        while not self._done.wait(max(1.0, self.store.lease_ttl / 3)):
+            try:
+                if not self.store.renew(self.lease.job_id, self.lease.token):
+                    return
+            except redis.RedisError:  # Redis restarting: try again next period
+                pass
 
     def progress(self, event: dict[str, Any]) -> None:
         self.buffer.append(("progress", dumps(event)))
@@ -100,14 +146,26 @@ class RedisSink:
         if code is None or code == 0:
             events, self.buffer = self.buffer, []
             progress = dumps(tally.progress())
-            self._inflight = self._writer.submit(self.store.commit, self.lease.job_id, self.lease.token,
-                                                 events=events, hset={"progress": progress})
+            self._inflight = self._writer.submit(self._write, events, progress, self.latency.take())
         return self._signal(code)
+
+    def _write(self, events: list[tuple[str, str]], progress: str, latency: dict[str, float] | None) -> int:
+        code = self.store.commit(self.lease.job_id, self.lease.token, events=events, hset={"progress": progress})
+        self._push(latency)
+        return code
+
+    def _push(self, latency: dict[str, float] | None) -> None:
+        try:
+            push_latency(self.store.r, latency)
+        except redis.RedisError:  # metrics never fail a segment
+            pass
 
     def drain(self) -> Signal:
         """Wait for the write in flight (call before the segment's final commit)."""
+        self._done.set()
         signal = self._signal(self._settle(wait=True))
         self._writer.shutdown(wait=True)
+        self._push(self.latency.take(force=True))
         return signal
 
     def _settle(self, wait: bool) -> int | None:

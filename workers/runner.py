@@ -147,6 +147,7 @@ async def run_segment(algo: Algorithm, state: dict[str, Any], objective: Objecti
     """
     algo_state, tally = split_state(state)
     monitor = getattr(objective, "monitor", None)  # simulated oracles report the true f(x), for people only
+    observe = getattr(sink, "observe", None)  # optional: (seconds, queries) per evaluation, for /metrics
     t0 = last_flush = time.monotonic()
     elapsed0 = tally.elapsed
 
@@ -186,10 +187,13 @@ async def run_segment(algo: Algorithm, state: dict[str, Any], objective: Objecti
         reason = budget_reason(tally, limits, query_cost(query))
         if reason:
             return result(Outcome.DONE, reason)
+        t_eval = time.perf_counter()
         ev = await objective.evaluate(query)
         if isinstance(ev, Pending):
             tally.pending = f"q{tally.step + 1}"
             return result(Outcome.WAITING, "waiting for an answer", query=query, pending=ev)
+        if observe is not None:
+            observe(time.perf_counter() - t_eval, ev.queries)
         told(query, ev)
         if time.monotonic() - last_flush >= limits.flush_seconds:
             last_flush = time.monotonic()

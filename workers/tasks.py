@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 import torch
-from celery import Task
+from celery import Task, signals
 
 from service.queue import RUN_SEGMENT, enqueue_segment
 from service.records import error_event, event_json, status_event
@@ -50,7 +50,8 @@ class Context:
 def context() -> Context:
     settings = get_settings()
     client = redis.Redis.from_url(redis_url())
-    return Context(settings, WorkerStore(client, settings.lease_seconds, settings.event_retention), CancelListener(client))
+    store = WorkerStore(client, settings.lease_seconds, settings.event_retention, settings.segment_max_crashes)
+    return Context(settings, store, CancelListener(client))
 
 
 @app.task(name=RUN_SEGMENT, bind=True, max_retries=None, acks_late=True, reject_on_worker_lost=True)
@@ -67,6 +68,12 @@ def run_segment_task(self: Task, job_id: str, ticket: str) -> str:
             h = ctx.store.job(job_id)
             _finish(ctx, lease, h, [], Outcome.CANCELLED, None, None)
             return "cancelled"
+        if refused.code == -6:  # poison: its segments keep dying (killed, out of memory, stalled)
+            token, _, crashes = refused.info.partition("|")
+            return _fail(ctx, Lease(job_id, token, "running"), {}, Problem(
+                type="urn:zoserve:worker-lost", title="Job keeps crashing its worker", status=500,
+                detail=f"the worker running this job died or stalled {crashes} times in a row (killed, out of "
+                       f"memory, or a step outlived its lease); giving up"))
         return f"skipped ({refused.code}: {refused.info})"
     return execute_segment(self, ctx, lease)
 
@@ -108,8 +115,11 @@ def execute_segment(task: Task, ctx: Context, lease: Lease) -> str:
     except ObjectiveTransient as exc:
         sink.drain()
         if task.request.retries < ctx.settings.segment_max_retries:
-            ctx.store.commit(lease.job_id, lease.token, events=sink.buffer, release=True)
-            raise task.retry(countdown=min(60, 2 ** task.request.retries), max_retries=None) from None
+            countdown = min(60, 2 ** task.request.retries)
+            # the outbox entry (due after the countdown) re-sends the retry if this worker dies before sending it
+            ctx.store.commit(lease.job_id, lease.token, events=sink.buffer, release=True, outbox=h["ticket"],
+                             due_in=countdown)
+            raise task.retry(countdown=countdown, max_retries=None) from None
         return _fail(ctx, lease, h, _problem(exc, "Objective kept failing"), sink.buffer)
     except ObjectiveError as exc:
         sink.drain()
@@ -137,8 +147,9 @@ def _finish(ctx: Context, lease: Lease, h: dict[str, str], events: list[tuple[st
     if outcome is Outcome.CONTINUE:
         ticket = uuid.uuid4().hex
         hset["ticket"] = ticket
-        if store.commit(job_id, lease.token, events=events, hset=hset, ckpt=ckpt, release=True) in (0, 1):
-            enqueue_segment(app, job_id, ticket, queue)
+        if store.commit(job_id, lease.token, events=events, hset=hset, ckpt=ckpt, release=True, outbox=ticket) in (0, 1):
+            enqueue_segment(app, job_id, ticket, queue)  # dying before this is fine: the reaper sends it
+            store.sent(job_id, ticket)
         return "continue"
     if outcome is Outcome.WAITING:
         assert res is not None and res.query is not None
@@ -191,3 +202,14 @@ def _fail(ctx: Context, lease: Lease, h: dict[str, str], problem: Problem,
     ctx.store.commit(lease.job_id, lease.token, events=[*events, ("error", error_event(problem))],
                      hset={"status": JobStatus.failed.value, "error": problem.model_dump_json()}, release=True)
     return "failed"
+
+
+@signals.worker_ready.connect
+def _start_reaper(sender: object = None, **_: object) -> None:
+    """One reaper thread per worker (main process): revives dead segments, re-sends lost ones."""
+    from .reaper import Reaper
+
+    settings = get_settings()  # its own client: context() belongs to the processes that run segments
+    store = WorkerStore(redis.Redis.from_url(redis_url()), settings.lease_seconds, settings.event_retention,
+                        settings.segment_max_crashes)
+    Reaper(store, app, settings.reaper_seconds).start()

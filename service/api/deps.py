@@ -7,8 +7,9 @@ from typing import Annotated
 from celery import Celery
 from fastapi import Depends, Header, Request
 
+from .. import raters
 from ..problems import NotFound
-from ..security import KeyRing
+from ..security import KeyRing, Principal, digest
 from ..settings import Settings
 from ..store import JobStore
 
@@ -25,15 +26,32 @@ def get_celery(request: Request) -> Celery:
     return request.app.state.celery  # type: ignore[no-any-return]
 
 
-def get_tenant(request: Request, authorization: Annotated[str | None, Header()] = None) -> str:
+# The header is documented once, as the OpenAPI ``bearer`` security scheme (service/api/openapi.py).
+Authorization = Annotated[str | None, Header(include_in_schema=False)]
+
+
+async def get_tenant(request: Request, authorization: Authorization = None) -> str:
     keyring: KeyRing = request.app.state.keyring
-    return keyring.tenant_for(authorization)
+    if token := raters.bearer(authorization):  # a rater link: its job's form routes only, else 404
+        tenant = await raters.rater_tenant(request, token)
+        await keyring.admit(Principal(tenant, "rater-" + digest(token)[:16]))
+        return tenant
+    principal = await keyring.authenticate(authorization)  # 401
+    await keyring.admit(principal)  # 429 over the key's rate limit
+    return principal.tenant
+
+
+def require_admin(request: Request, authorization: Authorization = None) -> None:
+    """Admin routes: 401 without a key, 403 with any key but ``admin_key``."""
+    keyring: KeyRing = request.app.state.keyring
+    keyring.check_admin(authorization)
 
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
 CeleryDep = Annotated[Celery, Depends(get_celery)]
 TenantDep = Annotated[str, Depends(get_tenant)]
+AdminDep = Depends(require_admin)
 
 
 async def get_job_hash(job_id: str, tenant: TenantDep, store: StoreDep) -> dict[str, str]:

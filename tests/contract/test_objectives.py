@@ -7,6 +7,8 @@ every factory in ``FACTORIES``; add an adapter there to hold it to the same cont
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -273,6 +275,16 @@ def test_internal_addresses_are_refused(url: str) -> None:
         evaluate(EndpointObjective(EndpointSpec(url=url, dim=1)), torch.zeros(1, 1))
 
 
+def test_the_api_precheck_needs_neither_torch_nor_workers() -> None:
+    code = (
+        "import sys; from zoserve.models.endpoint import URLRefused, check_url_static\n"
+        "try:\n    check_url_static('http://169.254.169.254/')\nexcept URLRefused as e:\n    print(e)\n"
+        "assert not [m for m in sys.modules if m == 'torch' or m.startswith('workers')]"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "link-local" in out.stdout
+
+
 def test_allow_list_takes_names_ips_and_cidrs() -> None:
     check_url_static("http://10.1.2.3/", ["10.0.0.0/8"])
     check_url_static("http://metadata.google.internal/", ["metadata.google.internal"])
@@ -312,6 +324,20 @@ def test_redirects_are_followed_and_rechecked(server: RunningServer) -> None:
         nested = "/redirect?to=" + quote(nested)
     with pytest.raises(ObjectiveError, match="redirected more than 3 times"):
         evaluate(endpoint(server, nested), x)
+
+
+def test_redirect_hops_are_checked_before_any_request() -> None:
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:  # no network at all
+        seen.append(str(request.url))
+        return httpx.Response(307, headers={"location": "http://169.254.169.254/latest/meta-data/"})
+
+    spec = EndpointSpec(url="http://127.0.0.1:9/predict", dim=1)
+    obj = EndpointObjective(spec, allow=ALLOW, transport=httpx.MockTransport(handler))
+    with pytest.raises(ObjectiveRefused, match="link-local"):
+        evaluate(obj, torch.zeros(1, 1))
+    assert seen == ["http://127.0.0.1:9/predict"]
 
 
 def test_cross_origin_redirect_drops_credentials(server: RunningServer) -> None:

@@ -139,3 +139,19 @@ def test_refused_addresses(client: zoserve.Client, url: str) -> None:
     job = _fault(client, url)
     assert job.status.value == "failed"
     assert "refus" in (job.error.detail or "").lower() or "not allowed" in (job.error.detail or "").lower(), job.error
+
+
+def test_api_refuses_metadata_urls_before_queueing(api_url: str) -> None:
+    import httpx
+
+    from tests.conftest import API_KEY
+
+    spec = {"algorithm": "zo-sgd", "budget": {"max_steps": 1},
+            "objective": {"kind": "endpoint", "url": "http://169.254.169.254/latest", "dim": 3}}
+    r = httpx.post(f"{api_url}/v1/jobs", json=spec, headers={"Authorization": f"Bearer {API_KEY}"})
+    assert r.status_code == 422 and "refused" in r.json()["detail"]
+    fed = {"algorithm": "fedzo", "budget": {"max_steps": 1}, "objective": {"kind": "federated", "clients": [
+        {"objective": {"kind": "endpoint", "url": "http://10.0.0.1/p", "dim": 3}},
+        {"objective": {"kind": "builtin", "function": "sphere", "dim": 3}}]}}
+    r = httpx.post(f"{api_url}/v1/jobs", json=fed, headers={"Authorization": f"Bearer {API_KEY}"})
+    assert r.status_code == 422 and "refused" in r.json()["detail"]

@@ -1,7 +1,7 @@
 """A real model server for tests and benchmarks: a small torch MLP on scikit-learn digits.
 
-The classifier (64 raw pixels in [0, 16] -> 10 logits) trains once per process in about a
-second, deterministically. ``create_app()`` serves it with FastAPI in both protocols, and
+The classifier (64 raw pixels in [0, 16] -> 10 logits) trains once per process in a few
+seconds, deterministically. ``create_app()`` serves it with FastAPI in both protocols, and
 ``serve()`` runs uvicorn on 127.0.0.1 in a thread (httpx's ``TestServer`` pattern)::
 
     with serve() as server:

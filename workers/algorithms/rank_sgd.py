@@ -40,10 +40,12 @@ from workers.algorithms.base import Answer, Query, State, StateValue, StepInfo, 
 from workers.algorithms.ranking import dag_weights
 
 Schedule = Literal["fixed", "decay", "linesearch"]
+StepAdaptation = Literal["none", "adaptive"]
 Protocol_ = Literal["ranking", "two-round"]
 Directions = Literal["gaussian", "sphere"]
 
 _DIRECTION_STREAM = 0
+_LR_MIN, _LR_MAX = 1e-280, 1e280  # keeps the adaptive η_t (and μ_t ∝ η_t) finite and non-zero
 
 
 class ZORankSGD:
@@ -65,6 +67,9 @@ class ZORankSGD:
         protocol: Protocol_ = "ranking",
         directions: Directions = "gaussian",
         dtype: str = "float64",
+        step_adaptation: StepAdaptation = "none",
+        adapt_center: float = 2,
+        adapt_fail: float = 0.0,
     ) -> None:
         """Args:
             m: candidates per ranking query (the objective's m).
@@ -78,16 +83,24 @@ class ZORankSGD:
             directions: ``"gaussian"`` ξ ~ N(0, I), or ``"sphere"`` ξ uniform on the sphere of
                 radius √d (same scale as the Gaussian; an option the paper does not use).
             dtype: torch dtype name of the iterate and the directions.
+            step_adaptation: ``"none"`` (the paper) or ``"adaptive"`` (deviation, see
+                :meth:`_adapt`): η_t and μ_t follow the line-search picks.
+            adapt_center, adapt_fail: ``"adaptive"`` only: the trial index a picked step is
+                re-centred on, and the shrink exponent (η ← η γ^adapt_fail) when x is kept.
         """
         if m < 2 or (k is not None and not 1 <= k <= m):
             raise ValueError(f"need m >= 2 and 1 <= k <= m, got m={m}, k={k}")
         if protocol == "two-round" and schedule != "linesearch":
             raise ValueError('protocol="two-round" requires schedule="linesearch"')
+        if step_adaptation == "adaptive" and (schedule != "linesearch" or not 0 <= adapt_center < ls_candidates):
+            raise ValueError('step_adaptation="adaptive" needs schedule="linesearch" and 0 <= adapt_center < L')
         self.m, self.k = m, (m if k is None else k)
         self.lr, self.mu, self.schedule = lr, mu, schedule
         self.decay_steps, self.decay_power = decay_steps, decay_power
         self.gamma, self.ls_candidates = gamma, ls_candidates
         self.protocol, self.directions = protocol, directions
+        self.adaptive = step_adaptation == "adaptive"
+        self.adapt_center, self.adapt_fail = adapt_center, adapt_fail
         if not isinstance(getattr(torch, dtype, None), torch.dtype):
             raise ValueError(f"unknown dtype {dtype!r}")
         self.dtype: torch.dtype = getattr(torch, dtype)
@@ -106,6 +119,8 @@ class ZORankSGD:
             state["n_avg"] = 0
         if self.protocol == "two-round":
             state["best_perturbed"] = x.clone()
+        if self.adaptive:  # deviation from the paper: the base step η_t and μ_t live in the state
+            state["lr_t"], state["mu_t"] = float(self.lr), float(self.mu)
         return state
 
     def x_of(self, state: State) -> Tensor:
@@ -120,7 +135,7 @@ class ZORankSGD:
         if state["phase"] == "linesearch":
             return Query(points=self._linesearch_points(state), kind="ranking", k=1)
         xi = self._directions(state, x)
-        return Query(points=x[None, :] + self.mu * xi, kind="ranking", k=self.k)
+        return Query(points=x[None, :] + self._mu(state) * xi, kind="ranking", k=self.k)
 
     def _directions(self, state: State, x: Tensor) -> Tensor:
         gen = step_generator(int(state["seed"]), int(state["t"]), _DIRECTION_STREAM, x.device)
@@ -132,7 +147,7 @@ class ZORankSGD:
     def _linesearch_points(self, state: State) -> Tensor:
         """Algorithm 2: ``x − η γ^i D`` for i < L, then (two-round) the best perturbed point, then x."""
         x, d = _tensor(state, "x"), _tensor(state, "direction")
-        scales = self.lr * self.gamma ** torch.arange(self.ls_candidates, dtype=x.dtype, device=x.device)
+        scales = self._base_lr(state) * self.gamma ** torch.arange(self.ls_candidates, dtype=x.dtype, device=x.device)
         rows = [x[None, :] - scales[:, None] * d[None, :]]
         if self.protocol == "two-round":
             rows.append(_tensor(state, "best_perturbed")[None, :])
@@ -181,7 +196,7 @@ class ZORankSGD:
             n = int(state["n_avg"])
             new["direction"] = (_tensor(state, "direction") * n + g) / (n + 1)
             new["n_avg"] = n + 1
-            new["best_perturbed"] = x + self.mu * xi[answer.ranking[0]] if answer.ranking else x.clone()
+            new["best_perturbed"] = x + self._mu(state) * xi[answer.ranking[0]] if answer.ranking else x.clone()
         else:
             new["direction"] = g
         new["phase"] = "linesearch"
@@ -203,7 +218,32 @@ class ZORankSGD:
             if self.protocol == "two-round":
                 new["direction"] = torch.zeros_like(x)
                 new["n_avg"] = 0
-        return new, StepInfo(value=None, x=x, extra={"ls_pick": float(pick), "moved": float(moved)})
+        extra = {"ls_pick": float(pick), "moved": float(moved)}
+        if self.adaptive:
+            new["lr_t"], new["mu_t"] = self._adapt(float(state["lr_t"]), pick)
+            extra |= {"lr": float(new["lr_t"]), "mu": float(new["mu_t"])}
+        return new, StepInfo(value=None, x=x, extra=extra)
+
+    def _adapt(self, lr_t: float, pick: int) -> tuple[float, float]:
+        """``step_adaptation="adaptive"``: the next (η, μ) from the line-search pick alone.
+
+        Deviation from the paper (Algorithm 2 keeps η and μ fixed, so the smallest trial step
+        η γ^(L−1) and the fixed μ set a floor on f). The oracle's pick i re-centres the trial
+        grid on the chosen step: η ← η γ^(i − c) with c = ``adapt_center`` (the largest step,
+        i = 0, grows η by γ^−c); keeping x (or, two-round, the best perturbed point) shrinks
+        η ← η γ^adapt_fail. μ_t = μ · η_t / η keeps the perturbations at a fixed fraction of the
+        step scale, so the estimate stays informative as x converges. Only picks drive it, so
+        the iterates stay invariant to increasing transforms of f.
+        """
+        exponent = min(pick, self.ls_candidates) - self.adapt_center + (self.adapt_fail if pick >= self.ls_candidates else 0.0)
+        new_lr = min(max(lr_t * self.gamma**exponent, _LR_MIN), _LR_MAX)
+        return new_lr, self.mu * new_lr / self.lr
+
+    def _base_lr(self, state: State) -> float:
+        return float(state["lr_t"]) if self.adaptive else self.lr
+
+    def _mu(self, state: State) -> float:
+        return float(state["mu_t"]) if self.adaptive else self.mu
 
     def _lr(self, t: int) -> float:
         if self.schedule == "decay":

@@ -2,10 +2,12 @@
 
 One ``evaluate`` call answers all points of a step: the inputs are split into requests of at
 most ``batch_size`` rows with up to ``concurrency`` requests in flight on one pooled
-``httpx.AsyncClient`` (HTTP/2 where the server offers it). Each request is retried with
-exponential backoff and jitter on connect errors, timeouts, 408, 429 and 5xx, honouring
-``Retry-After``. Redirects are followed by hand (at most 3), each hop re-checked by the guard;
-spec headers are dropped when a redirect leaves the origin.
+``httpx.AsyncClient`` (HTTP/2 where the server offers it) whose every TCP connect goes through
+the SSRF guard. A request that fails with a connect error, a timeout (``timeout_s`` for the
+whole attempt), 408, 429 or 5xx is retried (tenacity) with exponential backoff and jitter, or
+after ``Retry-After`` when the server sends one. Redirects are followed by hand (at most 3),
+each hop re-checked by the guard before it is requested; spec headers are dropped when a
+redirect leaves the origin. The loss is computed once per step over all batches' outputs.
 
 Failure mapping (the tree is drawn in ``base.py``):
 
@@ -186,7 +188,9 @@ class EndpointObjective:
         transport: replaces the guarded transport (tests, benchmarks); the URL is still checked.
     """
 
-    def __init__(self, spec: EndpointSpec, *, allow: Sequence[str] = (), transport: httpx.AsyncBaseTransport | None = None):
+    def __init__(
+        self, spec: EndpointSpec, *, allow: Sequence[str] = (), transport: httpx.AsyncBaseTransport | None = None
+    ):
         self.spec = spec
         self.allow = tuple(allow)
         self.dim: int = spec.dim if spec.dim is not None else len(spec.base or ())
@@ -194,6 +198,7 @@ class EndpointObjective:
         if spec.protocol == "v2":
             version = f"/versions/{spec.model_version}" if spec.model_version else ""
             self.url = f"{self.url.rstrip('/')}/v2/models/{spec.model}{version}/infer"
+        self._where = f"endpoint {_public_url(self.url)}"  # for messages: no query string or credentials
         self._base = torch.tensor(spec.base, dtype=torch.float64) if spec.base is not None else None
         self._transport = transport
         self._http: httpx.AsyncClient | None = None
@@ -235,10 +240,11 @@ class EndpointObjective:
         bad = ~torch.isfinite(values)
         if bool(bad.any()) and self.spec.on_invalid == "fail":
             i = int(bad.nonzero()[0])
-            raise ObjectiveInvalid(f"endpoint {_public_url(self.url)} gave a non-finite value ({float(values[i])}) at point {i}")
+            raise ObjectiveInvalid(f"{self._where} gave a non-finite value ({float(values[i])}) at point {i}")
         values = torch.where(bad, torch.full_like(values, self.spec.penalty), values)
         n = len(values)
-        return Evaluation(answer_from_values(query, values), queries=n, failed=int((bad | retried).sum()), evaluations=n)
+        failed = int((bad | retried).sum())
+        return Evaluation(answer_from_values(query, values), queries=n, failed=failed, evaluations=n)
 
     async def predict(self, inputs: Tensor) -> Tensor:
         """Raw outputs ``(n, k)`` for ``(n, dim)`` inputs (used by the metric objective)."""
@@ -286,14 +292,14 @@ class EndpointObjective:
         for (out, _), m in zip(results, sizes):
             if out is not None and out.shape[1] != width:
                 if self.spec.on_invalid == "fail":
-                    raise ObjectiveInvalid(f"endpoint {_public_url(self.url)} changed its output width ({width} -> {out.shape[1]})")
+                    raise ObjectiveInvalid(f"{self._where} changed its output width ({width} -> {out.shape[1]})")
                 out = None
             blocks.append(out if out is not None else torch.full((m, width), math.nan, dtype=torch.float64))
         try:
             return loss_of_outputs(torch.cat(blocks), self.spec)
         except ObjectiveInvalid as exc:
             if self.spec.on_invalid == "fail":
-                raise ObjectiveInvalid(f"endpoint {_public_url(self.url)}: {exc}") from None
+                raise ObjectiveInvalid(f"{self._where}: {exc}") from None
             return torch.full((sum(sizes),), math.nan, dtype=torch.float64)
 
     async def _outputs_chunk(self, chunk: Tensor) -> tuple[Tensor, bool]:
@@ -303,19 +309,21 @@ class EndpointObjective:
         try:
             parsed = json.loads(data)
         except ValueError:
-            raise ObjectiveInvalid(f"endpoint {_public_url(self.url)} answered with invalid JSON: {data[:EXCERPT_CHARS]!r}") from None
+            excerpt = data[:EXCERPT_CHARS].decode("utf-8", "replace")
+            raise ObjectiveInvalid(f"{self._where} answered with invalid JSON: {excerpt!r}") from None
         parse = parse_v2_outputs if self.spec.protocol == "v2" else parse_json_outputs
         try:
             return parse(parsed, len(chunk), self.spec.output_name), attempts > 1
         except ObjectiveInvalid as exc:
-            raise ObjectiveInvalid(f"endpoint {_public_url(self.url)}: {exc}") from None
+            raise ObjectiveInvalid(f"{self._where}: {exc}") from None
 
     def _encode(self, chunk: Tensor) -> bytes:
         """The request body for one batch (json or Open Inference Protocol v2)."""
         spec, m = self.spec, len(chunk)
         shape = [m, *(spec.input_shape or [self.dim])]
         if spec.protocol == "v2":
-            tensor = {"name": spec.input_name, "shape": shape, "datatype": spec.datatype, "data": chunk.flatten().tolist()}
+            data = chunk.flatten().tolist()
+            tensor = {"name": spec.input_name, "shape": shape, "datatype": spec.datatype, "data": data}
             body: dict[str, Any] = {"inputs": [tensor]}
             if spec.payload:
                 body["parameters"] = spec.payload
@@ -352,7 +360,7 @@ class EndpointObjective:
             await asyncio.sleep(self._delay(exc, 1))
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.spec.retries),
-            wait=lambda state: self._delay(state.outcome.exception() if state.outcome else None, state.attempt_number + 1),
+            wait=lambda rs: self._delay(rs.outcome.exception() if rs.outcome else None, rs.attempt_number + 1),
             retry=retry_if_exception_type((httpx.TransportError, _Retryable)),
             reraise=True,
         )
@@ -368,7 +376,7 @@ class EndpointObjective:
 
     def _failure(self, exc: BaseException, attempts: int) -> ObjectiveError:
         """The job-failing error once the retry budget is spent."""
-        where = f"endpoint {_public_url(self.url)}"
+        where = self._where
         if isinstance(exc, _Retryable) and exc.status is not None:
             return ObjectiveError(
                 f"{where} answered {exc.status} after {attempts} attempts: {exc.body}", status=exc.status, body=exc.body
@@ -412,14 +420,14 @@ class EndpointObjective:
                     url = target
         except TimeoutError:
             raise _Retryable(None, "") from None
-        raise ObjectiveError(f"endpoint {_public_url(self.url)} redirected more than {MAX_REDIRECTS} times")
+        raise ObjectiveError(f"{self._where} redirected more than {MAX_REDIRECTS} times")
 
     async def _read(self, response: httpx.Response) -> bytes:
         parts, size = [], 0
         async for part in response.aiter_bytes():
             size += len(part)
             if size > MAX_RESPONSE_BYTES:
-                raise ObjectiveInvalid(f"endpoint {_public_url(self.url)} answered more than {MAX_RESPONSE_BYTES} bytes")
+                raise ObjectiveInvalid(f"{self._where} answered more than {MAX_RESPONSE_BYTES} bytes")
             parts.append(part)
         return b"".join(parts)
 
@@ -431,8 +439,7 @@ class EndpointObjective:
         if status in (408, 429) or status >= 500:
             retry_after = _retry_after(response.headers.get("retry-after"))
             if retry_after is not None and retry_after > MAX_RETRY_AFTER_S:
-                raise ObjectiveTransient(
-                    f"endpoint {_public_url(self.url)} asked to retry after {retry_after:.0f}s", status=status, body=excerpt
-                )
+                message = f"{self._where} asked to retry after {retry_after:.0f}s"
+                raise ObjectiveTransient(message, status=status, body=excerpt)
             raise _Retryable(status, excerpt, retry_after)
-        raise ObjectiveError(f"endpoint {_public_url(self.url)} answered {status}: {excerpt}", status=status, body=excerpt)
+        raise ObjectiveError(f"{self._where} answered {status}: {excerpt}", status=status, body=excerpt)

@@ -8,16 +8,19 @@ Refused: loopback, link-local (169.254.0.0/16 with the cloud metadata address
 169.254.169.254, fe80::/10), private (10/8, 172.16/12, 192.168/16), unique-local fc00::/7,
 unspecified, multicast, reserved, and anything else ``ipaddress`` does not call global
 (100.64/10, documentation ranges, ...). IPv4 addresses embedded in IPv6 (mapped, 6to4, Teredo,
-NAT64) are checked as IPv4.
+NAT64) are checked as IPv4. Only http and https.
 
-Three layers use it:
+Three layers:
 
-* ``check_url_static`` — the API's quick pre-check (no DNS): scheme, literal IPs in any
-  legacy form (``127.1``, ``0x7f000001``) and well-known internal names.
+* ``check_url_static`` — the quick pre-check without DNS: scheme, literal IPs in any legacy
+  form (``127.1``, ``0x7f000001``) and well-known internal names. The logic is stdlib-only and
+  lives in ``zoserve.models.endpoint`` so the API can run it without importing the workers.
 * ``check_url`` — the worker's check at call time: resolves *all* addresses of the host.
 * ``GuardedBackend`` — an httpcore network backend that vets the addresses at connect time and
   connects to the vetted address itself, so DNS rebinding between check and connect cannot
   slip through. The endpoint client also re-checks every redirect hop with ``check_url``.
+
+Everything refused raises :class:`ObjectiveRefused`.
 """
 
 from __future__ import annotations
@@ -27,150 +30,51 @@ import ipaddress
 import socket
 from collections.abc import Iterable, Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpcore
+from zoserve.models import endpoint as rules
 
 from workers.objectives.base import ObjectiveRefused
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+__all__ = ["GuardedBackend", "check_url", "check_url_static", "refusal_reason", "resolve_host"]
 
-ALLOWED_SCHEMES = ("http", "https")
-# Names that reach internal services without DNS telling us so (resolver search paths, metadata).
-# Without DNS, well-known names stand for their usual address; other internal suffixes are
-# refused outright unless the name itself is allow-listed.
-_KNOWN_NAMES = {
-    "localhost": ipaddress.ip_address("127.0.0.1"),
-    "metadata": ipaddress.ip_address("169.254.169.254"),
-    "metadata.google.internal": ipaddress.ip_address("169.254.169.254"),
-    "instance-data": ipaddress.ip_address("169.254.169.254"),
-}
-_INTERNAL_SUFFIXES = (".localhost", ".internal", ".local", ".home.arpa")
-_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
-
-
-def _parse_allow(allow: Iterable[str]) -> tuple[frozenset[str], tuple[IPNetwork, ...]]:
-    """Split allow-list entries into host names and networks (an IP is a /32 or /128)."""
-    names: set[str] = set()
-    nets: list[IPNetwork] = []
-    for entry in allow:
-        entry = entry.strip().lower()
-        try:
-            nets.append(ipaddress.ip_network(entry.strip("[]"), strict=False))
-        except ValueError:
-            names.add(entry.rstrip("."))
-    return frozenset(names), tuple(nets)
-
-
-def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address carried inside an IPv6 one (mapped, 6to4, Teredo client, NAT64)."""
-    if ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    if ip.sixtofour is not None:
-        return ip.sixtofour
-    if ip.teredo is not None:
-        return ip.teredo[1]
-    if ip in _NAT64:
-        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-    return None
-
-
-def refusal_reason(ip: IPAddress) -> str | None:
-    """Why ``ip`` must not be called (``None`` when it is globally routable)."""
-    if isinstance(ip, ipaddress.IPv6Address):
-        inner = _embedded_ipv4(ip)
-        if inner is not None:
-            return refusal_reason(inner)
-    checks = (
-        (ip.is_unspecified, "unspecified"),
-        (ip.is_loopback, "loopback"),
-        (ip.is_link_local, "link-local (cloud metadata range)"),
-        (isinstance(ip, ipaddress.IPv6Address) and ip in ipaddress.IPv6Network("fc00::/7"), "unique-local"),
-        (ip.is_multicast, "multicast"),
-        (ip.is_private, "private"),
-        (ip.is_reserved, "reserved"),
-        (not ip.is_global, "not globally routable"),
-    )
-    return next((reason for bad, reason in checks if bad), None)
-
-
-def _allowed(ip: IPAddress, nets: Sequence[IPNetwork]) -> bool:
-    return any(ip.version == net.version and ip in net for net in nets)
-
-
-def _vet(host: str, ip: IPAddress, nets: Sequence[IPNetwork]) -> None:
-    reason = None if _allowed(ip, nets) else refusal_reason(ip)
-    if reason is not None:
-        raise ObjectiveRefused(f"refused to call {host}: address {ip} is {reason}; ask the operator to allow-list it")
-
-
-def _literal_ip(host: str) -> IPAddress | None:
-    """``host`` as an IP address, including legacy IPv4 spellings that resolvers accept."""
-    try:
-        return ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        pass
-    try:  # '127.1', '0x7f.0.0.1', '2130706433': inet_aton accepts what getaddrinfo would
-        return ipaddress.IPv4Address(socket.inet_aton(host))
-    except (OSError, ValueError):
-        return None
-
-
-def _split(url: str) -> tuple[str, int]:
-    """Validate the scheme and return ``(host, port)``."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise ObjectiveRefused(f"invalid URL: {exc}") from None
-    scheme = parts.scheme.lower()
-    if scheme not in ALLOWED_SCHEMES:
-        raise ObjectiveRefused(f"refused URL scheme {scheme!r}: only http and https are allowed")
-    host = (parts.hostname or "").rstrip(".").lower()
-    if not host:
-        raise ObjectiveRefused("refused URL without a host")
-    return host, port or (443 if scheme == "https" else 80)
-
-
-def _check_host_static(host: str, names: frozenset[str], nets: Sequence[IPNetwork]) -> bool:
-    """Check what can be known without DNS; True when ``host`` needs no further check."""
-    if host in names:
-        return True
-    ip = _literal_ip(host)
-    if ip is not None:
-        _vet(host, ip, nets)
-        return True
-    if host in _KNOWN_NAMES:
-        _vet(host, _KNOWN_NAMES[host], nets)
-        return False
-    if host.endswith(_INTERNAL_SUFFIXES):
-        raise ObjectiveRefused(f"refused to call {host}: internal host name; ask the operator to allow-list it")
-    return False
+refusal_reason = rules.refusal_reason
 
 
 def check_url_static(url: str, allow: Sequence[str] = ()) -> None:
-    """Quick pre-check without DNS (API side); raises :class:`ObjectiveRefused`."""
-    host, _ = _split(url)
-    names, nets = _parse_allow(allow)
-    _check_host_static(host, names, nets)
+    """Quick pre-check without DNS; raises :class:`ObjectiveRefused`."""
+    try:
+        rules.check_url_static(url, allow)
+    except rules.URLRefused as exc:
+        raise ObjectiveRefused(str(exc)) from None
 
 
-async def resolve_host(host: str, port: int, allow: Sequence[str] = ()) -> list[IPAddress]:
+async def resolve_host(host: str, port: int, allow: Sequence[str] = ()) -> list[rules.IPAddress]:
     """Every address of ``host``, vetted; raises :class:`ObjectiveRefused` if any is refused.
 
     Refusing when *any* address is internal (not just the first) defeats names that mix a
     public and an internal record.
     """
     host = host.strip("[]").rstrip(".").lower()
-    names, nets = _parse_allow(allow)
-    ip = _literal_ip(host)
-    if ip is not None:
+    names, nets = rules.parse_allow(allow)
+    try:
+        ip = rules.literal_ip(host)
+        if ip is not None:
+            if host not in names:
+                rules.vet_address(host, ip, nets)
+            return [ip]
         if host not in names:
-            _vet(host, ip, nets)
-        return [ip]
-    if host not in names:
-        _check_host_static(host, names, nets)
+            rules.check_host_static(host, names, nets)
+        addrs = await _getaddrinfo(host, port)
+        if host not in names:
+            for addr in addrs:
+                rules.vet_address(host, addr, nets)
+    except rules.URLRefused as exc:
+        raise ObjectiveRefused(str(exc)) from None
+    return addrs
+
+
+async def _getaddrinfo(host: str, port: int) -> list[rules.IPAddress]:
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError as exc:
@@ -178,15 +82,15 @@ async def resolve_host(host: str, port: int, allow: Sequence[str] = ()) -> list[
     addrs = list(dict.fromkeys(ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos))
     if not addrs:
         raise ObjectiveRefused(f"cannot resolve {host}: no addresses")
-    if host not in names:
-        for addr in addrs:
-            _vet(host, addr, nets)
     return addrs
 
 
 async def check_url(url: str, allow: Sequence[str] = ()) -> None:
     """Full check at call time: scheme, then every resolved address of the host."""
-    host, port = _split(url)
+    try:
+        host, port = rules.split_url(url)
+    except rules.URLRefused as exc:
+        raise ObjectiveRefused(str(exc)) from None
     await resolve_host(host, port, allow)
 
 

@@ -70,7 +70,9 @@ def _load_arrays(dataset: str | None, path: str | None) -> tuple[np.ndarray, np.
 
 
 @functools.lru_cache(maxsize=16)
-def _cached_split(dataset: str | None, path: str | None, mtime: int, seed: int, test_fraction: float, standardize: bool) -> Split:
+def _cached_split(
+    dataset: str | None, path: str | None, mtime: int, seed: int, test_fraction: float, standardize: bool
+) -> Split:
     from sklearn.model_selection import train_test_split
 
     x, y_raw = _load_arrays(dataset, path)
@@ -129,7 +131,8 @@ def metric_of(name: str, average: str, pred: Tensor, scores: Tensor, y: Tensor, 
         if scores.ndim == 2:
             return auc(scores, (y == 1).expand_as(scores))
         p, n, c = scores.shape
-        per_class = auc(scores.permute(0, 2, 1).reshape(p * c, n), (y[None, :] == torch.arange(c)[:, None]).repeat(p, 1))
+        one_vs_rest = (y[None, :] == torch.arange(c)[:, None]).repeat(p, 1)
+        per_class = auc(scores.permute(0, 2, 1).reshape(p * c, n), one_vs_rest)
         return per_class.reshape(p, c).mean(1)
     conf = confusion(pred, y, n_classes)
     tp = conf.diagonal(dim1=1, dim2=2)
@@ -226,7 +229,8 @@ class MetricObjective:
         gen = torch.Generator().manual_seed(self.spec.split_seed)
         offset = 0
         for out, inp in self.shapes:
-            x0[offset : offset + out * inp] = torch.randn(out * inp, generator=gen, dtype=torch.float64) / math.sqrt(inp)
+            weights = torch.randn(out * inp, generator=gen, dtype=torch.float64)
+            x0[offset : offset + out * inp] = weights / math.sqrt(inp)
             offset += out * inp + out
         return x0
 
@@ -239,7 +243,8 @@ class MetricObjective:
             if out.shape[1] == 1 and self.n_classes == 2:  # one score: the logit of class 1
                 out = torch.cat([torch.zeros_like(out), out], dim=1)
             if out.shape[1] != self.n_classes:
-                raise ObjectiveRefused(f"endpoint returns {out.shape[1]} outputs; the dataset has {self.n_classes} classes")
+                message = f"endpoint returns {out.shape[1]} outputs; the dataset has {self.n_classes} classes"
+                raise ObjectiveRefused(message)
             if self.endpoint.spec.scores == "probabilities":
                 out = out.clamp_min(1e-30).log()
             self._outputs[name] = out

@@ -1,8 +1,11 @@
 """Query-only objective specs: a model behind an HTTP endpoint, and a non-differentiable metric.
 
 Pure data (torch-free). The worker adapters live in ``workers/objectives/endpoint.py`` and
-``workers/objectives/metric.py``; the API runs ``workers.objectives.guard.check_url_static``
-on ``url`` before accepting a job, and the worker checks again, with DNS, at call time.
+``workers/objectives/metric.py``.
+
+SSRF: :func:`check_url_static` (stdlib only, no DNS) is the API's quick pre-check of ``url``
+against the operator allow-list; it raises :class:`URLRefused` (a ``ValueError``). The
+worker checks again at call time, resolving every address (``workers/objectives/guard.py``).
 
 Secrets: ``headers`` values are :class:`pydantic.SecretStr`. They print as ``'**********'``
 and serialise masked, so API responses never echo them. The one place that needs the real
@@ -12,9 +15,13 @@ reads them with :meth:`EndpointObjective.header_values`.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
+import socket
+from collections.abc import Iterable, Sequence
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -177,8 +184,12 @@ class MetricObjective(BaseModel):
         None, description="Averaging for precision/recall/f1/jaccard/auc (default: binary for 2 classes, else macro)."
     )
     dataset: BundledDataset | None = Field(None, description="A bundled scikit-learn dataset.")
-    dataset_id: str | None = Field(None, description="An uploaded .npz dataset with arrays X and y.", pattern=_NAME.pattern)
-    model: Literal["logistic", "linear", "mlp", "endpoint"] = Field("logistic", description="Model whose parameters are x.")
+    dataset_id: str | None = Field(
+        None, description="An uploaded .npz dataset with arrays X and y.", pattern=_NAME.pattern
+    )
+    model: Literal["logistic", "linear", "mlp", "endpoint"] = Field(
+        "logistic", description="Model whose parameters are x."
+    )
     hidden: list[int] = Field(default_factory=list, max_length=4, description="MLP hidden layer sizes.")
     endpoint: EndpointObjective | None = Field(None, description="The served model (model='endpoint').")
     split_seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of the stratified train/test split.")
@@ -205,3 +216,135 @@ class MetricObjective(BaseModel):
         if self.average == "binary" and self.dataset is not None and self.dataset not in BINARY_DATASETS:
             raise ValueError(f"average 'binary' needs a two-class dataset; {self.dataset!r} has more classes")
         return self
+
+
+# --- SSRF pre-check (stdlib only; the worker's guard adds DNS and connect-time checks) ----------
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+ALLOWED_SCHEMES = ("http", "https")
+# Without DNS, well-known names stand for their usual address; other internal suffixes are
+# refused outright unless the name itself is allow-listed.
+KNOWN_NAMES: dict[str, IPAddress] = {
+    "localhost": ipaddress.ip_address("127.0.0.1"),
+    "metadata": ipaddress.ip_address("169.254.169.254"),
+    "metadata.google.internal": ipaddress.ip_address("169.254.169.254"),
+    "instance-data": ipaddress.ip_address("169.254.169.254"),
+}
+INTERNAL_SUFFIXES = (".localhost", ".internal", ".local", ".home.arpa")
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_UNIQUE_LOCAL = ipaddress.IPv6Network("fc00::/7")
+
+
+class URLRefused(ValueError):
+    """An endpoint URL the SSRF guard refuses (scheme, internal address or name)."""
+
+
+def parse_allow(allow: Iterable[str]) -> tuple[frozenset[str], tuple[IPNetwork, ...]]:
+    """Split allow-list entries into host names and networks (an IP is a /32 or /128)."""
+    names: set[str] = set()
+    nets: list[IPNetwork] = []
+    for entry in allow:
+        entry = entry.strip().lower()
+        try:
+            nets.append(ipaddress.ip_network(entry.strip("[]"), strict=False))
+        except ValueError:
+            names.add(entry.rstrip("."))
+    return frozenset(names), tuple(nets)
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address carried inside an IPv6 one (mapped, 6to4, Teredo client, NAT64)."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip.teredo is not None:
+        return ip.teredo[1]
+    if ip in _NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
+def refusal_reason(ip: IPAddress) -> str | None:
+    """Why ``ip`` must not be called (``None`` when it is globally routable)."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        inner = _embedded_ipv4(ip)
+        if inner is not None:
+            return refusal_reason(inner)
+    checks = (
+        (ip.is_unspecified, "unspecified"),
+        (ip.is_loopback, "loopback"),
+        (ip.is_link_local, "link-local (cloud metadata range)"),
+        (isinstance(ip, ipaddress.IPv6Address) and ip in _UNIQUE_LOCAL, "unique-local"),
+        (ip.is_multicast, "multicast"),
+        (ip.is_private, "private"),
+        (ip.is_reserved, "reserved"),
+        (not ip.is_global, "not globally routable"),
+    )
+    return next((reason for bad, reason in checks if bad), None)
+
+
+def vet_address(host: str, ip: IPAddress, nets: Sequence[IPNetwork]) -> None:
+    """Raise :class:`URLRefused` unless ``ip`` is global or inside an allowed network."""
+    if any(ip.version == net.version and ip in net for net in nets):
+        return
+    reason = refusal_reason(ip)
+    if reason is not None:
+        raise URLRefused(f"refused to call {host}: address {ip} is {reason}; ask the operator to allow-list it")
+
+
+def literal_ip(host: str) -> IPAddress | None:
+    """``host`` as an IP address, including legacy IPv4 spellings that resolvers accept."""
+    try:
+        return ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        pass
+    try:  # '127.1', '0x7f.0.0.1', '2130706433': inet_aton accepts what getaddrinfo would
+        return ipaddress.IPv4Address(socket.inet_aton(host))
+    except (OSError, ValueError):
+        return None
+
+
+def split_url(url: str) -> tuple[str, int]:
+    """Validate the scheme and return ``(host, port)`` (host lower-case, no trailing dot)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise URLRefused(f"invalid URL: {exc}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ALLOWED_SCHEMES:
+        raise URLRefused(f"refused URL scheme {scheme!r}: only http and https are allowed")
+    host = (parts.hostname or "").rstrip(".").lower()
+    if not host:
+        raise URLRefused("refused URL without a host")
+    return host, port or (443 if scheme == "https" else 80)
+
+
+def check_host_static(host: str, names: frozenset[str], nets: Sequence[IPNetwork]) -> bool:
+    """Check what can be known without DNS; True when ``host`` needs no DNS check."""
+    if host in names:
+        return True
+    ip = literal_ip(host)
+    if ip is not None:
+        vet_address(host, ip, nets)
+        return True
+    if host in KNOWN_NAMES:
+        vet_address(host, KNOWN_NAMES[host], nets)
+        return False
+    if host.endswith(INTERNAL_SUFFIXES):
+        raise URLRefused(f"refused to call {host}: internal host name; ask the operator to allow-list it")
+    return False
+
+
+def check_url_static(url: str, allow: Sequence[str] = ()) -> None:
+    """Quick SSRF pre-check without DNS; raises :class:`URLRefused`.
+
+    Args:
+        url: the endpoint URL.
+        allow: operator allow-list: host names, IPs or CIDR blocks such as ``"127.0.0.0/8"``.
+    """
+    host, _ = split_url(url)
+    names, nets = parse_allow(allow)
+    check_host_static(host, names, nets)

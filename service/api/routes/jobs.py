@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import base64
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Query, Response
 
+from zoserve.models.endpoint import URLRefused, check_url_static
 from zoserve.models.jobs import Job, JobCreate, JobPage, JobStatus
 
-from ...problems import NotFound, Unprocessable
+from ...problems import NotFound, TooManyRequests, Unprocessable
 from ...queue import enqueue_segment
 from ...records import job_from_hash
-from ...store import IdempotencyConflict
+from ...settings import Settings
+from ...store import IdempotencyConflict, QuotaExceeded
 from ..deps import CeleryDep, JobHashDep, SettingsDep, StoreDep, TenantDep
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -29,21 +31,52 @@ async def create_job(
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> Job:
     """Validate, record and enqueue a job. Same ``Idempotency-Key`` + same body → the same job."""
-    dim = getattr(spec.objective, "dim", None)
-    if isinstance(dim, int) and dim > settings.max_dim:
-        raise Unprocessable(f"objective.dim {dim} exceeds this server's limit of {settings.max_dim}")
+    _check_caps(spec, settings)
+    _check_urls(spec, settings)
     try:
-        job_id, created = await store.create_job(tenant, spec, idempotency_key)
+        job_id, created = await store.create_job(tenant, spec, idempotency_key, settings.max_jobs_in_flight)
     except IdempotencyConflict:
         raise Unprocessable("Idempotency-Key was already used with a different request body") from None
+    except QuotaExceeded as exc:
+        raise TooManyRequests(f"{exc.in_flight} jobs in flight: this server allows {settings.max_jobs_in_flight} "
+                              "unfinished jobs per tenant; wait for some to finish or cancel them",
+                              retry_after=QUOTA_RETRY_AFTER) from None
     h = await store.get_hash(tenant, job_id)
     assert h is not None
     if created:
         enqueue_segment(celery, job_id, h["ticket"], spec.queue)
+        await store.sent(job_id, h["ticket"])  # if we die before this line, a worker's reaper sends it
     else:
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/v1/jobs/{job_id}"
     return job_from_hash(h, settings.public_url)
+
+
+QUOTA_RETRY_AFTER = 5  # seconds; jobs finish at their own pace, so this is a polite polling interval
+
+
+def _check_urls(spec: Any, settings: Settings) -> None:
+    """Quick SSRF pre-check of every objective URL (422); workers check again at call time."""
+    for url in _urls(spec.objective.model_dump(mode="json")):
+        try:
+            check_url_static(url, settings.ssrf_allow)
+        except URLRefused as exc:
+            raise Unprocessable(f"objective URL refused: {exc}") from None
+
+
+def _check_caps(spec: Any, settings: Settings) -> None:
+    """The server's caps on dimension and query budget (422); a job without max_queries gets the cap."""
+    objective = spec.objective
+    dim = getattr(objective, "dim", None)
+    if dim is None and getattr(objective, "base", None) is not None:
+        dim = len(objective.base)
+    if isinstance(dim, int) and dim > settings.max_dim:
+        raise Unprocessable(f"objective.dim {dim} exceeds this server's limit of {settings.max_dim}")
+    cap = settings.max_queries_per_job
+    if spec.budget.max_queries is not None and spec.budget.max_queries > cap:
+        raise Unprocessable(f"budget.max_queries {spec.budget.max_queries} exceeds this server's limit of {cap} per job")
+    if spec.budget.max_queries is None:
+        spec.budget.max_queries = cap  # recorded in the spec, so the job shows the budget it runs under
 
 
 @router.get("", response_model=JobPage, summary="List jobs, newest first")
@@ -75,6 +108,16 @@ async def cancel_job(job: JobHashDep, store: StoreDep, settings: SettingsDep, te
     if h is None:
         raise NotFound(f"no job {job['id']}")
     return job_from_hash(h, settings.public_url)
+
+
+def _urls(node: Any) -> list[str]:
+    """Every ``url`` field anywhere in an objective spec (nested clients included)."""
+    if isinstance(node, dict):
+        found = [node["url"]] if isinstance(node.get("url"), str) else []
+        return found + [u for k, v in node.items() if k != "url" for u in _urls(v)]
+    if isinstance(node, list):
+        return [u for v in node for u in _urls(v)]
+    return []
 
 
 def _encode_cursor(seq: int) -> str:

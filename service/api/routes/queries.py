@@ -41,6 +41,7 @@ async def answer_query(query_id: str, answer: QueryAnswer, job: JobHashDep, stor
     except KeyError:
         raise NotFound(f"job {job['id']} has no query {query_id}") from None
     enqueue_segment(celery, job["id"], ticket, json.loads(job["spec_public"]).get("queue"))
+    await store.sent(job["id"], ticket)  # if we die before this line, a worker's reaper sends it
     h = await store.get_hash(tenant, job["id"])
     if h is None:
         raise NotFound(f"no job {job['id']}")

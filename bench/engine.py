@@ -1,0 +1,318 @@
+"""Engine: batched RGE steps vs a per-query loop, and MeZO memory ÷ one plain forward.
+
+(a) RGE step throughput: ZO-SGD (workers/algorithms/zo.py; RGE, Gaussian, forward, q = 10,
+    float32) on the quadratic f(x) = Σ x² for d ∈ {1e3, 1e5, 1e7}: one ask → ONE batched
+    objective call on the (q+1, d) points → tell, against a naive loop that draws one direction
+    and makes one objective call per perturbation. Plus a small MLP (ModuleLoss): one vmapped
+    forward of the q+1 parameter sets vs one forward per set. Both sides alternate in rounds in
+    this one process; the median round counts.
+(b) Memory: peak RSS (``ru_maxrss``) of a fresh subprocess per case, minus the RSS after imports
+    and before the model is built, so each figure is weights + everything the case adds. Cases:
+    one no-grad forward, one MeZO step (q = 1, fused), one backprop SGD step for reference, on an
+    MLP of ~1e7 parameters and on a small transformer LM. Target: MeZO ≤ 1.1 × forward.
+(c) Small transformer LM (~3.7M params, batch 8 × 64 tokens): MeZO queries/s ÷ inference
+    forwards/s (a step is 2 forwards + 3 regenerate-and-modify passes).
+
+``--device cuda`` runs the same with CUDA timings (synchronised) and ``max_memory_allocated``
+instead of RSS; without CUDA it says so and exits 0. Last line: one JSON object.
+
+    OMP_NUM_THREADS=1 PYTHONPATH=.:client .venv/bin/python bench/engine.py [--device cuda] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "client")]
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import Tensor, nn  # noqa: E402
+
+from workers.algorithms.base import Answer, step_generator  # noqa: E402
+from workers.algorithms.local import ModuleLoss  # noqa: E402
+from workers.algorithms.mezo import MeZO, MeZOConfig  # noqa: E402
+from workers.algorithms.zo import ZOSGD  # noqa: E402
+
+Q, MU, LR = 10, 1e-3, 1e-3
+MEM_TARGET = 1.1
+
+
+def quad(points: Tensor) -> Tensor:
+    """The cheap quadratic, batched over rows (a 1-D x gives a scalar)."""
+    return (points * points).sum(-1)
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(step: Callable[[], None], device: str, seconds: float) -> Callable[[], float]:
+    """A runner that repeats ``step`` for at least ``seconds`` (and once at least); returns steps/s."""
+
+    def run() -> float:
+        n = 0
+        sync(device)
+        t0 = time.perf_counter()
+        while n == 0 or time.perf_counter() - t0 < seconds:
+            step()
+            n += 1
+            if n % 16 == 0:
+                sync(device)
+        sync(device)
+        return n / (time.perf_counter() - t0)
+
+    return run
+
+
+def rge_batched(d: int, device: str, seconds: float) -> Callable[[], float]:
+    """ZO-SGD ask/tell with ONE batched objective call per step."""
+    algo = ZOSGD(lr=LR, q=Q, mu=MU, dtype="float32")
+    state = algo.init(torch.ones(d, device=device), seed=0)
+
+    def step() -> None:
+        nonlocal state
+        query = algo.ask(state)
+        state, _ = algo.tell(state, query, Answer(values=quad(query.points)))
+
+    return timed(step, device, seconds)
+
+
+def rge_naive(d: int, device: str, seconds: float) -> Callable[[], float]:
+    """The same estimate with one direction draw and one objective call per perturbation."""
+    x = torch.ones(d, device=device)
+    t = 0
+
+    def step() -> None:
+        nonlocal x, t
+        gen = step_generator(0, t, device=device)
+        f0, g = quad(x), torch.zeros_like(x)
+        for _ in range(Q):
+            u = torch.randn(d, generator=gen, device=device)
+            g.add_(u, alpha=float(quad(x + MU * u) - f0) / MU)
+        x = x - (LR / Q) * g
+        t += 1
+
+    return timed(step, device, seconds)
+
+
+def mlp_objective(device: str) -> ModuleLoss:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 128), nn.Tanh(), nn.Linear(128, 64), nn.Tanh(), nn.Linear(64, 1)).to(device)
+    x = torch.randn(64, 32, device=device)
+    return ModuleLoss(model.eval(), F.mse_loss, x, torch.sin(x[:, :1]))
+
+
+def mlp_runner(batched: bool, device: str, seconds: float) -> Callable[[], float]:
+    f = mlp_objective(device)
+    algo = ZOSGD(lr=1e-3, q=Q, mu=MU, dtype="float32")
+    state = algo.init(f.flat(), seed=0)
+    values = f.values if batched else f.values_loop
+
+    def step() -> None:
+        nonlocal state
+        query = algo.ask(state)
+        state, _ = algo.tell(state, query, Answer(values=values(query.points)))
+
+    return timed(step, device, seconds)
+
+
+def side_by_side(fast: Callable[[], float], slow: Callable[[], float], rounds: int) -> tuple[float, float]:
+    """Median steps/s of each after one warm-up round, alternating to share the machine's noise."""
+    fast(), slow()
+    a, b = [], []
+    for _ in range(rounds):
+        a.append(fast())
+        b.append(slow())
+    return statistics.median(a), statistics.median(b)
+
+
+# ---------------------------------------------------------------- models for memory and speed
+def big_mlp(width: int = 912, depth: int = 12) -> nn.Module:
+    """~1e7 parameters in 12 equal layers (the largest tensor is 8% of the weights)."""
+    layers: list[nn.Module] = []
+    for _ in range(depth):
+        layers += [nn.Linear(width, width), nn.Tanh()]
+    return nn.Sequential(*layers)
+
+
+class TinyLM(nn.Module):
+    """A small causal transformer LM (pre-norm encoder layers with a causal mask)."""
+
+    def __init__(self, vocab: int = 1000, dim: int = 256, layers: int = 4, heads: int = 4, ctx: int = 64) -> None:
+        super().__init__()
+        self.emb, self.pos = nn.Embedding(vocab, dim), nn.Embedding(ctx, dim)
+        layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.1, batch_first=True, norm_first=True)
+        self.body = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.head = nn.Linear(dim, vocab)
+        self.register_buffer("mask", nn.Transformer.generate_square_subsequent_mask(ctx), persistent=False)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        t = tokens.shape[1]
+        h = self.emb(tokens) + self.pos(torch.arange(t, device=tokens.device))
+        return self.head(self.body(h, mask=self.mask[:t, :t], is_causal=True))
+
+
+def make_case(model_kind: str, device: str) -> tuple[nn.Module, Callable[[], Tensor], Callable[[], Tensor]]:
+    """(model, forward-only call, loss closure) on a fixed batch."""
+    g = torch.Generator().manual_seed(0)
+    if model_kind == "mlp":
+        model = big_mlp().to(device)
+        x = torch.randn(64, 912, generator=g).to(device)
+        y = torch.randn(64, 912, generator=g).to(device)
+        return model, lambda: model(x), lambda: F.mse_loss(model(x), y)
+    model = TinyLM().to(device)
+    tokens = torch.randint(0, 1000, (8, 65), generator=g).to(device)
+    inp, tgt = tokens[:, :-1], tokens[:, 1:]
+    return model, lambda: model(inp), lambda: F.cross_entropy(model(inp).flatten(0, 1), tgt.flatten())
+
+
+def reset_peak_rss() -> None:
+    """Lower the RSS high-water mark (``ru_maxrss``) to the current RSS (Linux ≥ 4.0)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # elsewhere the baseline may sit above the case's peak; the figures then read 0
+
+
+def run_case(model_kind: str, case: str, device: str) -> None:
+    """Child process: build the model, run ONE case, print the RSS / CUDA marks as JSON."""
+    torch.set_num_threads(1)
+    reset_peak_rss()  # import-time transients must not hide the case's own peak
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if device == "cuda":
+        torch.cuda.init()
+    model, forward, loss = make_case(model_kind, device)
+    model.eval()
+    n_params = sum(p.numel() for p in model.parameters())
+    built = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        cuda_base = torch.cuda.memory_allocated()
+    if case == "forward":
+        with torch.no_grad():
+            forward().sum().item()
+    elif case == "mezo":
+        MeZO(model, MeZOConfig(lr=1e-6, q=1)).step(loss).slopes.item()
+    elif case == "backprop":
+        opt = torch.optim.SGD(model.parameters(), lr=1e-6)
+        loss().backward()
+        opt.step()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out = {"base_kb": base, "built_kb": built, "peak_kb": peak, "params": n_params}
+    if device == "cuda":
+        out.update(cuda_base=cuda_base, cuda_peak=torch.cuda.max_memory_allocated())
+    print(json.dumps(out))
+
+
+def measure(model_kind: str, case: str, device: str) -> dict[str, float]:
+    """One case in a fresh interpreter (ru_maxrss is a high-water mark: one case per process)."""
+    cmd = [sys.executable, __file__, "--child", model_kind, case, "--device", device]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True, timeout=300)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    if device == "cuda":  # device memory: everything allocated (weights included) at the peak
+        return {"total_mb": r["cuda_peak"] / 2**20, "weights_mb": r["cuda_base"] / 2**20, "params": r["params"]}
+    return {"total_mb": (r["peak_kb"] - r["base_kb"]) / 1024, "weights_mb": (r["built_kb"] - r["base_kb"]) / 1024,
+            "params": r["params"]}
+
+
+def lm_speed(device: str, rounds: int) -> dict[str, float]:
+    """Inference forwards/s vs MeZO queries/s (2 forwards per q = 1 step) on the tiny LM."""
+    torch.manual_seed(0)
+    model, forward, loss = make_case("lm", device)
+    model.eval()
+    opt = MeZO(model, MeZOConfig(lr=1e-6, q=1))
+
+    def infer() -> float:
+        n = 6
+        sync(device)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            for _ in range(n):
+                loss()
+        sync(device)
+        return n / (time.perf_counter() - t0)
+
+    def zo() -> float:
+        n = 3
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            opt.step(loss)
+        sync(device)
+        return 2 * n / (time.perf_counter() - t0)
+
+    q_s, f_s = side_by_side(zo, infer, rounds)
+    return {"queries_per_s": q_s, "forwards_per_s": f_s, "ratio": q_s / f_s,
+            "params": sum(p.numel() for p in model.parameters())}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    ap.add_argument("--quick", action="store_true", help="fewer rounds (smoke run)")
+    ap.add_argument("--child", nargs=2, metavar=("MODEL", "CASE"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("engine bench: --device cuda asked for but CUDA is not available here; nothing to run.")
+        print(json.dumps({"bench": "engine", "device": "cuda", "ratio": None, "target": MEM_TARGET,
+                          "skipped": "CUDA not available"}))
+        return
+    if args.child:
+        run_case(args.child[0], args.child[1], args.device)
+        return
+    torch.set_num_threads(1)
+    dev, rounds, secs = args.device, (2 if args.quick else 5), (0.3 if args.quick else 1.0)
+    name = torch.cuda.get_device_name() if dev == "cuda" else f"CPU, torch {torch.__version__}, 1 thread"
+    print(f"engine bench on {name}")
+
+    print(f"\n(a) RGE step throughput: ZO-SGD forward RGE, q = {Q} ({Q + 1} queries/step), float32, f = Σx²")
+    print(f"  {'d':>10} {'batched steps/s':>16} {'naive steps/s':>14} {'speedup':>8} {'batched ns/param/query':>23}")
+    speedup: dict[str, float] = {}
+    for d in (1_000, 100_000, 10_000_000):
+        r = rounds if d < 10_000_000 or dev == "cuda" else 2  # ~3 s a step on one CPU core
+        fast, slow = side_by_side(rge_batched(d, dev, secs), rge_naive(d, dev, secs), r)
+        speedup[str(d)] = round(fast / slow, 3)
+        ns = 1e9 / (fast * (Q + 1) * d)
+        print(f"  {d:>10,} {fast:>16.2f} {slow:>14.2f} {fast / slow:>7.2f}× {ns:>23.3f}")
+    f = mlp_objective(dev)
+    fast, slow = side_by_side(mlp_runner(True, dev, secs), mlp_runner(False, dev, secs), rounds)
+    speedup["mlp"] = round(fast / slow, 3)
+    print(f"  {'MLP ' + format(f.dim, ','):>10} {fast:>16.2f} {slow:>14.2f} {fast / slow:>7.2f}×   (vmap vs one forward/query)")
+
+    print("\n(b) memory: peak " + ("CUDA allocated" if dev == "cuda" else "RSS above the post-import baseline")
+          + ", one case per fresh process")
+    print(f"  {'model':<6} {'params':>11} {'case':<9} {'total MB':>9} {'weights MB':>11} {'÷ forward':>10}")
+    mem: dict[str, dict[str, float]] = {}
+    for kind in ("mlp", "lm"):
+        rows = {case: measure(kind, case, dev) for case in ("forward", "mezo", "backprop")}
+        for case, r in rows.items():
+            ratio = r["total_mb"] / rows["forward"]["total_mb"]
+            mem[f"{kind}_{case}"] = {"mb": round(r["total_mb"], 1), "ratio": round(ratio, 3)}
+            print(f"  {kind:<6} {int(r['params']):>11,} {case:<9} {r['total_mb']:>9.1f} {r['weights_mb']:>11.1f} "
+                  f"{ratio:>9.3f}×")
+
+    lm = lm_speed(dev, rounds)
+    print(f"\n(c) tiny LM ({lm['params']:,} params, batch 8 × 64): MeZO {lm['queries_per_s']:.1f} queries/s, "
+          f"inference {lm['forwards_per_s']:.1f} forwards/s → {lm['ratio']:.3f}×")
+    ratio = mem["mlp_mezo"]["ratio"]
+    print(json.dumps({"bench": "engine", "device": dev, "ratio": ratio, "target": MEM_TARGET, "speedup": speedup,
+                      "memory": mem, "lm": {k: round(v, 3) for k, v in lm.items()}, "q": Q}))
+
+
+if __name__ == "__main__":
+    main()
