@@ -5,7 +5,7 @@ PIP := $(PY) -m pip
 PORT ?= 8000
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: run test install dev openapi bench clean
+.PHONY: run test install dev chromium openapi bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -26,8 +26,14 @@ dev: $(VENV)/.dev
 run: $(VENV)/.installed
 	$(VENV)/bin/zoserve up --port $(PORT) --demo
 
-test: $(VENV)/.dev
+test: $(VENV)/.dev chromium
 	$(PY) -m pytest -q
+
+# The browser tests (tests/web) drive Debian's chromium through Playwright (pip, in the dev
+# extras); `playwright install` is never used. apt-get runs only when /usr/bin/chromium is missing.
+chromium:
+	@test -x /usr/bin/chromium || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+	  || echo "make: could not install chromium (apt-get needs root); tests/web will be skipped" >&2
 
 openapi: $(VENV)/.installed
 	$(PY) scripts/gen_openapi.py

@@ -6,7 +6,7 @@
     and makes one objective call per perturbation. Plus a small MLP (ModuleLoss): one vmapped
     forward of the q+1 parameter sets vs one forward per set. Both sides alternate in rounds in
     this one process; the median round counts.
-(b) Memory: peak RSS (``ru_maxrss``) of a fresh subprocess per case, minus the RSS after imports
+(b) Memory: peak RSS (``VmHWM``, see ``peak_rss_kb``) of a fresh subprocess per case, minus the RSS after imports
     and before the model is built, so each figure is weights + everything the case adds. Cases:
     one no-grad forward, one MeZO step (q = 1, fused), one backprop SGD step for reference, on an
     MLP of ~1e7 parameters and on a small transformer LM. Target: MeZO ≤ 1.1 × forward.
@@ -180,24 +180,40 @@ def make_case(model_kind: str, device: str) -> tuple[nn.Module, Callable[[], Ten
 
 
 def reset_peak_rss() -> None:
-    """Lower the RSS high-water mark (``ru_maxrss``) to the current RSS (Linux ≥ 4.0)."""
+    """Lower this process's RSS high-water mark to its current RSS (Linux ≥ 4.0)."""
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
         pass  # elsewhere the baseline may sit above the case's peak; the figures then read 0
 
 
+def peak_rss_kb() -> int:
+    """The RSS high-water mark in kB: ``VmHWM``, or ``ru_maxrss`` where /proc is missing.
+
+    Not ``ru_maxrss`` first: on Linux it also keeps the high-water mark inherited through
+    fork + exec (the parent's RSS at fork), which ``clear_refs`` cannot lower, so a child of
+    a big parent would report the parent's size.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def run_case(model_kind: str, case: str, device: str) -> None:
     """Child process: build the model, run ONE case, print the RSS / CUDA marks as JSON."""
     torch.set_num_threads(1)
     reset_peak_rss()  # import-time transients must not hide the case's own peak
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = peak_rss_kb()
     if device == "cuda":
         torch.cuda.init()
     model, forward, loss = make_case(model_kind, device)
     model.eval()
     n_params = sum(p.numel() for p in model.parameters())
-    built = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    built = peak_rss_kb()
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -211,7 +227,7 @@ def run_case(model_kind: str, case: str, device: str) -> None:
         opt = torch.optim.SGD(model.parameters(), lr=1e-6)
         loss().backward()
         opt.step()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = peak_rss_kb()
     out = {"base_kb": base, "built_kb": built, "peak_kb": peak, "params": n_params}
     if device == "cuda":
         out.update(cuda_base=cuda_base, cuda_peak=torch.cuda.max_memory_allocated())

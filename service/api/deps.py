@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from celery import Celery
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Header, Path, Request
 
 from .. import raters
 from ..problems import NotFound
@@ -54,7 +54,7 @@ TenantDep = Annotated[str, Depends(get_tenant)]
 AdminDep = Depends(require_admin)
 
 
-async def get_job_hash(job_id: str, tenant: TenantDep, store: StoreDep) -> dict[str, str]:
+async def get_job_hash(job_id: Annotated[str, Path(max_length=64)], tenant: TenantDep, store: StoreDep) -> dict[str, str]:
     h = await store.get_hash(tenant, job_id)
     if h is None:
         raise NotFound(f"no job {job_id}")

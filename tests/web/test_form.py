@@ -161,6 +161,10 @@ def test_person_ranks_five_rounds_by_click_keyboard_and_drag(client: zoserve.Cli
     assert len(received) == 5
     strip = page.locator("#strip li img").evaluate_all("(imgs) => imgs.map((i) => i.alt)")
     assert strip == [f"Round {s}: candidate {w[0]}" for s, (_, w) in enumerate(chosen, start=1)]
+    page.goto(f"/ui/jobs/{job_id}")  # no values for a human oracle: the plot shows the line-search win-rate
+    expect(page.locator("#plot svg path.series-rate")).to_have_count(1)
+    expect(page.locator("#rank-link")).to_be_visible()
+    page.screenshot(path=str(OUT / "web-job-ranking.png"), full_page=True)
 
 
 def test_double_submit_counts_once(client: zoserve.Client, api_url: str, open_page: Any) -> None:

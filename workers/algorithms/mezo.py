@@ -70,7 +70,10 @@ class MeZOConfig:
         weight_decay: λ, applied to tensors whose name has none of :data:`NO_DECAY`.
         directions: law of z: N(0, I) or ±1 (Rademacher, cheaper to draw, §5.2).
         fused: merge the last restore pass into the update (see module docstring).
-        chunk: largest number of elements of z drawn at once (bounds the temporary).
+        chunk: largest number of elements of z drawn at once (bounds the temporary); 0 = auto,
+            ``max(2¹⁶, ⌈d/64⌉)`` for d trainable elements, so the temporary is at most 1/64 of the
+            weights yet large enough to keep GPU kernels long. z depends on the chunk layout:
+            replay with the same value.
         allow_half: permit fp16/bf16 tensors despite the in-place drift (§5.3).
     """
 
@@ -80,7 +83,7 @@ class MeZOConfig:
     weight_decay: float = 0.0
     directions: Directions = "gaussian"
     fused: bool = True
-    chunk: int = 1 << 20
+    chunk: int = 0
     allow_half: bool = False
 
     def __post_init__(self) -> None:
@@ -88,8 +91,8 @@ class MeZOConfig:
             raise ValueError("need lr >= 0, eps > 0, q >= 1, weight_decay >= 0")
         if self.directions not in ("gaussian", "rademacher"):
             raise ValueError(f"directions must be 'gaussian' or 'rademacher', got {self.directions!r}")
-        if not 1 <= self.chunk:
-            raise ValueError("chunk must be >= 1")
+        if self.chunk < 0:
+            raise ValueError("chunk must be >= 0 (0 = auto)")
 
 
 @dataclass(frozen=True)
@@ -136,6 +139,11 @@ def check_precision(params: Sequence[Tensor], allow_half: bool = False) -> None:
                              "weights for the trainable tensors, or pass allow_half=True")
 
 
+def chunk_size(params: Sequence[Tensor], cfg: MeZOConfig) -> int:
+    """``cfg.chunk``, or the automatic size for these tensors when it is 0."""
+    return cfg.chunk or max(1 << 16, -(-sum(p.numel() for p in params) // 64))
+
+
 def _views(p: Tensor, chunk: int) -> Iterator[Tensor]:
     """Flat in-place views of ``p`` of at most ``chunk`` elements."""
     flat = p.view(-1)  # parameters are contiguous; .view raises (never copies) if not
@@ -143,28 +151,55 @@ def _views(p: Tensor, chunk: int) -> Iterator[Tensor]:
         yield flat[start:start + chunk]
 
 
-def direction(view: Tensor, seed: int, step: int, j: int, k: int, c: int, kind: Directions) -> Tensor:
-    """z_j's chunk c of tensor k: drawn on ``view``'s device in its dtype, from its own generator."""
+def direction(view: Tensor, seed: int, step: int, j: int, k: int, c: int, kind: Directions,
+              out: Tensor | None = None) -> Tensor:
+    """z_j's chunk c of tensor k, drawn on ``view``'s device in its dtype from its own generator.
+
+    ``out`` (a flat buffer with at least ``view.numel()`` elements, same device and dtype) is
+    filled instead of allocating: the passes reuse one scratch buffer per step, which spares an
+    allocation, and on CPU the page faults of a fresh block, per chunk.
+    """
     if not (k < _TENSORS and c < _CHUNKS):
         raise ValueError("too many tensors or chunks for the stream layout")
     gen = step_generator(seed, step, (j * _TENSORS + k) * _CHUNKS + c, device=view.device)
+    z = (torch.empty(view.numel(), device=view.device, dtype=view.dtype) if out is None
+         else out[:view.numel()]).view(view.shape)
     if kind == "rademacher":
-        z = torch.randint(0, 2, view.shape, generator=gen, device=view.device, dtype=view.dtype)
-        return z.mul_(2).sub_(1)
-    return torch.randn(view.shape, generator=gen, device=view.device, dtype=view.dtype)
+        return z.random_(0, 2, generator=gen).mul_(2).sub_(1)
+    return z.normal_(generator=gen)
+
+
+Scratch = dict[tuple[torch.device, torch.dtype], Tensor]
+
+
+def _buffer(view: Tensor, chunk: int, scratch: Scratch | None) -> Tensor | None:
+    """The step's scratch buffer for ``view``'s device and dtype (allocated on first use)."""
+    if scratch is None:
+        return None
+    key = (view.device, view.dtype)
+    if key not in scratch:
+        scratch[key] = torch.empty(chunk, device=view.device, dtype=view.dtype)
+    return scratch[key]
 
 
 @torch.no_grad()
-def perturb_(params: Sequence[Tensor], seed: int, step: int, j: int, scale: float, cfg: MeZOConfig) -> None:
-    """θ += scale·z_j in place, tensor by tensor, chunk by chunk (one chunk-sized temporary)."""
+def perturb_(params: Sequence[Tensor], seed: int, step: int, j: int, scale: float, cfg: MeZOConfig,
+             scratch: Scratch | None = None) -> None:
+    """θ += scale·z_j in place, tensor by tensor, chunk by chunk (one chunk-sized temporary).
+
+    ``scratch`` (a dict, may start empty) keeps that temporary between calls.
+    """
+    chunk = chunk_size(params, cfg)
+    scratch = {} if scratch is None else scratch
     for k, p in enumerate(params):
-        for c, view in enumerate(_views(p, cfg.chunk)):
-            view.add_(direction(view, seed, step, j, k, c, cfg.directions), alpha=scale)
+        for c, view in enumerate(_views(p, chunk)):
+            z = direction(view, seed, step, j, k, c, cfg.directions, _buffer(view, chunk, scratch))
+            view.add_(z, alpha=scale)
 
 
 @torch.no_grad()
 def update_(params: Sequence[Tensor], decay: Sequence[bool], seed: int, step: int, slopes: Tensor,
-            cfg: MeZOConfig, restore: float = 0.0, lr: float | None = None) -> None:
+            cfg: MeZOConfig, restore: float = 0.0, lr: float | None = None, scratch: Scratch | None = None) -> None:
     """θ ← (1−ηλ)·(θ + restore·z_{q−1}) − (η/q) Σ_j s_j z_j in place (MeZO Alg. 1 line 11).
 
     ``restore = ε`` fuses the last direction's restore pass into the update (θ is then the
@@ -172,7 +207,8 @@ def update_(params: Sequence[Tensor], decay: Sequence[bool], seed: int, step: in
     any device; it is never read on the host.
     """
     eta = cfg.lr if lr is None else lr
-    q = slopes.numel()
+    q, chunk = slopes.numel(), chunk_size(params, cfg)
+    scratch = {} if scratch is None else scratch
     for k, p in enumerate(params):
         shrink = 1.0 - eta * cfg.weight_decay if decay[k] else 1.0
         coef = slopes.to(device=p.device, dtype=p.dtype) * (-eta / q)  # (q,) device tensor, no sync
@@ -180,9 +216,10 @@ def update_(params: Sequence[Tensor], decay: Sequence[bool], seed: int, step: in
             coef[q - 1] += shrink * restore
         if shrink != 1.0:
             p.mul_(shrink)
-        for c, view in enumerate(_views(p, cfg.chunk)):
+        for c, view in enumerate(_views(p, chunk)):
             for j in range(q):
-                view.addcmul_(direction(view, seed, step, j, k, c, cfg.directions), coef[j])
+                z = direction(view, seed, step, j, k, c, cfg.directions, _buffer(view, chunk, scratch))
+                view.addcmul_(z, coef[j])
 
 
 def spsa_step(params: Sequence[Tensor], decay: Sequence[bool], loss_fn: LossFn, seed: int, step: int,
@@ -193,19 +230,19 @@ def spsa_step(params: Sequence[Tensor], decay: Sequence[bool], loss_fn: LossFn, 
     minibatch for every call of the step (common random numbers); call it in eval mode.
     """
     check_precision(params, cfg.allow_half)
-    rows = []
+    rows, scratch = [], {}  # type: ignore[var-annotated]
     with torch.no_grad():
         for j in range(cfg.q):
-            perturb_(params, seed, step, j, cfg.eps, cfg)
+            perturb_(params, seed, step, j, cfg.eps, cfg, scratch)
             f_plus = loss_fn().detach().reshape(())
-            perturb_(params, seed, step, j, -2.0 * cfg.eps, cfg)
+            perturb_(params, seed, step, j, -2.0 * cfg.eps, cfg, scratch)
             f_minus = loss_fn().detach().reshape(())
             if not (cfg.fused and j == cfg.q - 1):
-                perturb_(params, seed, step, j, cfg.eps, cfg)
+                perturb_(params, seed, step, j, cfg.eps, cfg, scratch)
             rows.append(torch.stack((f_plus, f_minus)))
         losses = torch.stack(rows)
         slopes = (losses[:, 0] - losses[:, 1]) / (2.0 * cfg.eps)
-        update_(params, decay, seed, step, slopes, cfg, restore=cfg.eps if cfg.fused else 0.0)
+        update_(params, decay, seed, step, slopes, cfg, restore=cfg.eps if cfg.fused else 0.0, scratch=scratch)
     return StepOut(losses, slopes)
 
 
@@ -216,9 +253,10 @@ def replay_(params: Sequence[Tensor], decay: Sequence[bool], seed: int, log: Seq
     Equal to the trajectory up to the rounding of the restore passes (bit for bit where those
     are exact), on the same device type and torch version.
     """
+    scratch: Scratch = {}
     with torch.no_grad():
         for step, slopes, lr in log:
-            update_(params, decay, seed, step, slopes, cfg, lr=lr)
+            update_(params, decay, seed, step, slopes, cfg, lr=lr, scratch=scratch)
 
 
 class MeZO:

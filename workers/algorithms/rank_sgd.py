@@ -15,6 +15,9 @@ Ranking Oracles", ICLR 2024 (arXiv 2303.03751).
   §2.4); we use the paper's DAG weights in both protocols.
 * ``schedule="decay"`` (η_t ∝ 1/√t for large t) is not in the paper, whose theory fixes
   η ∝ 1/√(dT); a fixed η leaves a noise floor ∝ η (brief §7.3), so we offer the decay too.
+* ``step_adaptation="adaptive"`` (opt-in; not in the paper): after each line-search pick the
+  base step η_t and the radius μ_t ∝ η_t are re-centred on the oracle's choice (see
+  :meth:`ZORankSGD._adapt`), removing the floor that the fixed η γ^(L−1) and μ put under f.
 
 One ``tell`` is one oracle call. With a line search a step has two phases, ``"estimate"`` then
 ``"linesearch"``, recorded in the state. Random directions are regenerated from
@@ -68,8 +71,7 @@ class ZORankSGD:
         directions: Directions = "gaussian",
         dtype: str = "float64",
         step_adaptation: StepAdaptation = "none",
-        adapt_center: float = 2,
-        adapt_fail: float = 0.0,
+        adapt_center: float | None = None,
     ) -> None:
         """Args:
             m: candidates per ranking query (the objective's m).
@@ -83,24 +85,25 @@ class ZORankSGD:
             directions: ``"gaussian"`` ξ ~ N(0, I), or ``"sphere"`` ξ uniform on the sphere of
                 radius √d (same scale as the Gaussian; an option the paper does not use).
             dtype: torch dtype name of the iterate and the directions.
-            step_adaptation: ``"none"`` (the paper) or ``"adaptive"`` (deviation, see
+            step_adaptation: ``"none"`` (the paper exactly) or ``"adaptive"`` (a deviation, see
                 :meth:`_adapt`): η_t and μ_t follow the line-search picks.
-            adapt_center, adapt_fail: ``"adaptive"`` only: the trial index a picked step is
-                re-centred on, and the shrink exponent (η ← η γ^adapt_fail) when x is kept.
+            adapt_center: ``"adaptive"`` only: the pick index c that leaves η unchanged
+                (η ← η γ^(pick − c)); ``None`` = (L + 1)/2.
         """
         if m < 2 or (k is not None and not 1 <= k <= m):
             raise ValueError(f"need m >= 2 and 1 <= k <= m, got m={m}, k={k}")
         if protocol == "two-round" and schedule != "linesearch":
             raise ValueError('protocol="two-round" requires schedule="linesearch"')
-        if step_adaptation == "adaptive" and (schedule != "linesearch" or not 0 <= adapt_center < ls_candidates):
-            raise ValueError('step_adaptation="adaptive" needs schedule="linesearch" and 0 <= adapt_center < L')
+        center = (ls_candidates + 1) / 2 if adapt_center is None else float(adapt_center)
+        if step_adaptation == "adaptive" and (schedule != "linesearch" or not 0.0 <= center <= ls_candidates):
+            raise ValueError('step_adaptation="adaptive" needs schedule="linesearch" and 0 <= adapt_center <= L')
         self.m, self.k = m, (m if k is None else k)
         self.lr, self.mu, self.schedule = lr, mu, schedule
         self.decay_steps, self.decay_power = decay_steps, decay_power
         self.gamma, self.ls_candidates = gamma, ls_candidates
         self.protocol, self.directions = protocol, directions
         self.adaptive = step_adaptation == "adaptive"
-        self.adapt_center, self.adapt_fail = adapt_center, adapt_fail
+        self.adapt_center = center
         if not isinstance(getattr(torch, dtype, None), torch.dtype):
             raise ValueError(f"unknown dtype {dtype!r}")
         self.dtype: torch.dtype = getattr(torch, dtype)
@@ -225,17 +228,20 @@ class ZORankSGD:
         return new, StepInfo(value=None, x=x, extra=extra)
 
     def _adapt(self, lr_t: float, pick: int) -> tuple[float, float]:
-        """``step_adaptation="adaptive"``: the next (η, μ) from the line-search pick alone.
+        """``step_adaptation="adaptive"``: the next (η_t, μ_t) from the line-search pick alone.
 
-        Deviation from the paper (Algorithm 2 keeps η and μ fixed, so the smallest trial step
-        η γ^(L−1) and the fixed μ set a floor on f). The oracle's pick i re-centres the trial
-        grid on the chosen step: η ← η γ^(i − c) with c = ``adapt_center`` (the largest step,
-        i = 0, grows η by γ^−c); keeping x (or, two-round, the best perturbed point) shrinks
-        η ← η γ^adapt_fail. μ_t = μ · η_t / η keeps the perturbations at a fixed fraction of the
-        step scale, so the estimate stays informative as x converges. Only picks drive it, so
-        the iterates stay invariant to increasing transforms of f.
+        Deviation from the paper: Algorithm 2 keeps η and μ fixed, so the smallest trial step
+        η γ^(L−1) and the fixed μ put a floor under f (sphere d = 100: f ≈ 7e-4). Here the
+        oracle's pick i re-centres the trial grid on the chosen step, η ← η γ^(i − c): the
+        largest step (i = 0) grows η by γ^−c, a small one shrinks it. Keeping x (and, for
+        "two-round", the best perturbed point) counts as i = L, one step below the smallest.
+        The default c = (L + 1)/2 makes uniformly random picks (an oracle that cannot tell the
+        candidates apart, e.g. value noise) grow η slowly, γ^−½ per step, instead of collapsing
+        it, until the large steps are visibly worse again. μ_t = μ · η_t / η keeps the
+        perturbations a fixed fraction of the step scale, so the estimate stays informative as
+        x converges. Only picks drive it, so iterates stay invariant to increasing transforms.
         """
-        exponent = min(pick, self.ls_candidates) - self.adapt_center + (self.adapt_fail if pick >= self.ls_candidates else 0.0)
+        exponent = min(pick, self.ls_candidates) - self.adapt_center
         new_lr = min(max(lr_t * self.gamma**exponent, _LR_MIN), _LR_MAX)
         return new_lr, self.mu * new_lr / self.lr
 

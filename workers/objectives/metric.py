@@ -92,6 +92,21 @@ def _cached_split(
     return Split(t(x_tr), torch.tensor(y_tr), t(x_te), torch.tensor(y_te), len(classes))
 
 
+def shard_rows(y: Tensor, index: int, count: int, skew: float, seed: int) -> Tensor:
+    """Rows of shard ``index``: each row goes, with probability ``skew``, to a shard whose home
+    class (``shard % n_classes``) is its label, otherwise to a uniformly random shard."""
+    gen = torch.Generator().manual_seed(seed)
+    n_classes = int(y.max()) + 1
+    homes = [[s for s in range(count) if s % n_classes == c] or list(range(count)) for c in range(n_classes)]
+    owner = torch.randint(count, (len(y),), generator=gen)
+    skewed = torch.rand(len(y), generator=gen) < skew
+    pick = torch.rand(len(y), generator=gen)
+    for i in skewed.nonzero().flatten().tolist():
+        home = homes[int(y[i])]
+        owner[i] = home[int(pick[i] * len(home))]
+    return (owner == index).nonzero().flatten()
+
+
 def load_split(dataset: str | None, path: str | None, seed: int, test_fraction: float, standardize: bool) -> Split:
     """Load a bundled or uploaded dataset and split it (cached per process)."""
     mtime = os.stat(path).st_mtime_ns if path is not None and os.path.exists(path) else 0
@@ -204,6 +219,10 @@ class MetricObjective:
     ):
         self.spec = spec
         self.split = load_split(spec.dataset, dataset_path, spec.split_seed, spec.test_fraction, spec.standardize)
+        if spec.shard is not None:
+            rows = shard_rows(self.split.y_train, spec.shard.index, spec.shard.count, spec.shard.label_skew, spec.shard.seed)
+            self.split = Split(self.split.x_train[rows], self.split.y_train[rows], self.split.x_test, self.split.y_test,
+                               self.split.n_classes)
         self.n_classes = self.split.n_classes
         self.average = spec.average or ("binary" if self.n_classes == 2 else "macro")
         if self.average == "binary" and self.n_classes != 2:

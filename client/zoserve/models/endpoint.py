@@ -20,7 +20,7 @@ import math
 import re
 import socket
 from collections.abc import Iterable, Sequence
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -74,15 +74,15 @@ class EndpointObjective(BaseModel):
         description="'json': POST url {'inputs': [[...]]} -> {'outputs': [...]}; "
         "'v2': Open Inference Protocol, POST {url}/v2/models/{model}/infer.",
     )
-    model: str | None = Field(None, description="Model name (v2 only).", pattern=_NAME.pattern)
-    model_version: str | None = Field(None, description="Model version (v2 only).", pattern=_NAME.pattern)
-    input_name: str = Field("input", description="Name of the v2 input tensor.", pattern=_NAME.pattern)
-    output_name: str | None = Field(None, description="v2 output tensor to read (default: the first).")
+    model: str | None = Field(None, description="Model name (v2 only).", pattern=_NAME.pattern, max_length=128)
+    model_version: str | None = Field(None, description="Model version (v2 only).", pattern=_NAME.pattern, max_length=128)
+    input_name: str = Field("input", description="Name of the v2 input tensor.", pattern=_NAME.pattern, max_length=128)
+    output_name: str | None = Field(None, description="v2 output tensor to read (default: the first).", max_length=128)
     datatype: Literal["FP32", "FP64"] = Field("FP32", description="v2 input tensor datatype.")
     input_shape: list[int] | None = Field(
         None, max_length=8, description="Shape of one input (e.g. [1, 8, 8]); its product must equal dim."
     )
-    headers: dict[str, SecretStr] = Field(
+    headers: dict[Annotated[str, Field(max_length=128)], Annotated[SecretStr, Field(max_length=8192)]] = Field(
         default_factory=dict, max_length=20, description="Extra request headers (auth); never echoed."
     )
     payload: dict[str, Any] | None = Field(
@@ -167,6 +167,23 @@ class EndpointObjective(BaseModel):
         return {k: v.get_secret_value() for k, v in self.headers.items()}
 
 
+class Shard(BaseModel):
+    """One client's share of the train split, with a label skew (federated heterogeneity)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    index: int = Field(ge=0, le=1023, description="This client's shard, 0-based.")
+    count: int = Field(ge=2, le=1024, description="How many shards the train split is cut into.")
+    label_skew: float = Field(0.0, ge=0.0, le=1.0, description="Share of rows sent to the shard whose home class is their label (0 = iid).")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of the assignment.")
+
+    @model_validator(mode="after")
+    def _index_in_range(self) -> "Shard":
+        if self.index >= self.count:
+            raise ValueError(f"shard index {self.index} must be < count {self.count}")
+        return self
+
+
 class MetricObjective(BaseModel):
     """Tune a model's parameters so a non-differentiable metric improves (value = −metric, train split).
 
@@ -185,7 +202,7 @@ class MetricObjective(BaseModel):
     )
     dataset: BundledDataset | None = Field(None, description="A bundled scikit-learn dataset.")
     dataset_id: str | None = Field(
-        None, description="An uploaded .npz dataset with arrays X and y.", pattern=_NAME.pattern
+        None, description="An uploaded .npz dataset with arrays X and y.", pattern=_NAME.pattern, max_length=128
     )
     model: Literal["logistic", "linear", "mlp", "endpoint"] = Field(
         "logistic", description="Model whose parameters are x."
@@ -195,6 +212,7 @@ class MetricObjective(BaseModel):
     split_seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of the stratified train/test split.")
     test_fraction: float = Field(0.25, gt=0, le=0.9, description="Fraction of the data held out for test_metric.")
     standardize: bool = Field(True, description="Standardise features with train-split mean and std.")
+    shard: "Shard | None" = Field(None, description="Train on one client's shard only (federated jobs).")
 
     @field_validator("hidden")
     @classmethod

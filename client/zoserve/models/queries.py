@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -33,7 +33,7 @@ class QueryAnswer(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     values: list[float] | None = Field(None, max_length=1_000_000)
-    ranking: list[str] | None = Field(None, max_length=4096)
+    ranking: list[Annotated[str, Field(max_length=128)]] | None = Field(None, max_length=4096)
 
     @model_validator(mode="after")
     def _one_of(self) -> "QueryAnswer":

@@ -7,7 +7,7 @@ the objective, not to the algorithm config.
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
 
@@ -87,7 +87,9 @@ class RankingObjective(BaseModel):
     noise: float = Field(0.0, ge=0.0, le=1e6, description="'builtin': std of Gaussian noise added before ranking.")
     flip_prob: float = Field(0.0, ge=0.0, le=0.5, description="'builtin': probability of swapping each adjacent pair.")
     url: HttpUrl | None = Field(None, description="'endpoint': where candidate batches are POSTed for ranking.")
-    headers: dict[str, str] = Field(default_factory=dict, description="'endpoint': extra request headers.")
+    headers: dict[Annotated[str, Field(max_length=128)], Annotated[str, Field(max_length=8192)]] = Field(
+        default_factory=dict, max_length=20, description="'endpoint': extra request headers."
+    )
     render: Literal["vector", "palette", "curve", "image"] | None = Field(
         None, description="How the web form displays a candidate vector (None: the service picks by dim)."
     )

@@ -178,12 +178,12 @@ const ZO = (() => {
     if (s < 86400) return Math.round(s / 3600) + " h ago";
     return Math.round(s / 86400) + " d ago";
   }
-  /** The budget limit that binds progress: [done, limit, unit]. */
+  /** The budget limit closest to stopping the job: [done, limit, unit] (limit null if none). */
   function budgetProgress(job) {
     const b = (job.spec && job.spec.budget) || {}, p = job.progress || {};
-    if (b.max_queries) return [p.queries || 0, b.max_queries, "queries"];
-    if (b.max_steps) return [p.step || 0, b.max_steps, "steps"];
-    return [p.step || 0, null, "steps"];
+    const limits = [[p.queries || 0, b.max_queries, "queries"], [p.step || 0, b.max_steps, "steps"]].filter((l) => l[1]);
+    if (!limits.length) return [p.step || 0, null, "steps"];
+    return limits.reduce((a, l) => (l[0] / l[1] > a[0] / a[1] ? l : a));
   }
 
   return {

@@ -18,6 +18,22 @@
     return n;
   };
 
+  /** Round tick values in [a, b] (for a log axis a and b are log10 values; ticks are decades). */
+  function ticks(a, b, log, integer) {
+    if (log) {
+      const lo = Math.ceil(a - 1e-9), hi = Math.floor(b + 1e-9), every = Math.max(1, Math.ceil((hi - lo + 1) / 6));
+      const out = [];
+      for (let e = lo; e <= hi; e += every) out.push(Math.pow(10, e));
+      if (out.length >= 2) return out;
+    }
+    const raw = (b - a) / 5, mag = Math.pow(10, Math.floor(Math.log10(raw))), n = raw / mag;
+    const step = Math.max((n < 1.5 ? 1 : n < 3 ? 2 : n < 7 ? 5 : 10) * mag, integer ? 1 : 0);
+    const out = [];
+    for (let v = Math.ceil(a / step) * step; v <= b + step * 1e-9; v += step) out.push(log ? Math.pow(10, v) : Number(v.toPrecision(12)));
+    return out;
+  }
+  const tickLabel = (v, log) => (log && (v < 1e-2 || v >= 1e4) ? v.toExponential(0).replace("e+", "e") : num(v));
+
   function draw() {
     drawQueued = false;
     const W = 900, H = 300, L = 70, R = 16, T = 14, B = 40;
@@ -38,17 +54,19 @@
     if (useRate) { y0 = 0; y1 = 1; }
     let a = f(y0), b = f(y1);
     if (b === a) { a -= 1; b += 1; }
+    if (log) { a = Math.floor(a); b = Math.ceil(b); }  // whole decades
     const sx = (v) => L + ((v - x0) / (x1 - x0)) * (W - L - R);
     const sy = (v) => T + (1 - (f(v) - a) / (b - a)) * (H - T - B);
     const out = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "data-points": String(pts.length),
       "aria-label": useRate ? "How often a new candidate beat the current one, versus queries"
                             : `Objective value and best value versus queries${log ? " (log scale)" : ""}` });
-    for (let i = 0; i <= 4; i++) {
-      const v = log ? Math.pow(10, a + (i / 4) * (b - a)) : a + (i / 4) * (b - a), y = sy(v);
+    for (const v of ticks(a, b, log)) {
+      const y = sy(v);
       out.append(svg("line", { class: "grid", x1: L, x2: W - R, y1: y, y2: y }));
-      const t = svg("text", { x: L - 8, y: y + 4, "text-anchor": "end" }); t.textContent = num(v); out.append(t);
-      const xv = x0 + (i / 4) * (x1 - x0), x = sx(xv);
-      const tx = svg("text", { x, y: H - B + 18, "text-anchor": "middle" }); tx.textContent = num(Math.round(xv)); out.append(tx);
+      const t = svg("text", { x: L - 8, y: y + 4, "text-anchor": "end" }); t.textContent = tickLabel(v, log); out.append(t);
+    }
+    for (const xv of ticks(x0, x1, false, true)) {
+      const tx = svg("text", { x: sx(xv), y: H - B + 18, "text-anchor": "middle" }); tx.textContent = tickLabel(xv, false); out.append(tx);
     }
     out.append(svg("line", { class: "axis", x1: L, x2: W - R, y1: H - B, y2: H - B }));
     out.append(svg("line", { class: "axis", x1: L, x2: L, y1: T, y2: H - B }));
@@ -57,6 +75,7 @@
       if (!data.length) continue;
       const d = data.map((p, i) => `${i ? "L" : "M"}${sx(p[0]).toFixed(1)},${sy(p[1]).toFixed(1)}`).join("");
       out.append(svg("path", { class: "series-" + name, d }));
+      if (data.length <= 60) for (const p of data) out.append(svg("circle", { class: "dot-" + name, cx: sx(p[0]), cy: sy(p[1]), r: 3.5 }));
     }
     box.replaceChildren(out);
     $("plot-note").textContent = useRate

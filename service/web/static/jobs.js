@@ -21,10 +21,10 @@
       el("td", {}, el("a", { class: "name", href: "/ui/jobs/" + encodeURIComponent(job.id), text: title }),
         el("span", { class: "id", text: job.id })),
       el("td", {}, el("span", { class: "badge " + job.status, text: job.status })),
-      el("td", { text: job.algorithm }),
-      el("td", { text: job.objective_kind + (job.spec?.objective?.oracle ? ` (${job.spec.objective.oracle})` : "") }),
+      el("td", { class: "nowrap", text: job.algorithm }),
+      el("td", { class: "nowrap", text: job.objective_kind + (job.spec?.objective?.oracle ? ` (${job.spec.objective.oracle})` : "") }),
       el("td", {}, bar),
-      el("td", {}, el("time", { datetime: job.created_at, title: job.created_at, text: age(job.created_at) })));
+      el("td", { class: "nowrap" }, el("time", { datetime: job.created_at, title: job.created_at, text: age(job.created_at) })));
   }
 
   async function load(reset) {
