@@ -8,7 +8,7 @@
     this one process; the median round counts.
 (b) Memory: peak RSS (``VmHWM``, see ``peak_rss_kb``) of a fresh subprocess per case, minus the RSS after imports
     and before the model is built, so each figure is weights + everything the case adds. Cases:
-    one no-grad forward, one MeZO step (q = 1, fused), one backprop SGD step for reference, on an
+    one no-grad forward of the loss, one MeZO step (q = 1, fused), one backprop SGD step for reference, on an
     MLP of ~1e7 parameters and on a small transformer LM. Target: MeZO ≤ 1.1 × forward.
 (c) Small transformer LM (~3.7M params, batch 8 × 64 tokens): MeZO queries/s ÷ inference
     forwards/s (a step is 2 forwards + 3 regenerate-and-modify passes).
@@ -166,7 +166,7 @@ class TinyLM(nn.Module):
 
 
 def make_case(model_kind: str, device: str) -> tuple[nn.Module, Callable[[], Tensor], Callable[[], Tensor]]:
-    """(model, forward-only call, loss closure) on a fixed batch."""
+    """(model, bare forward call, loss closure) on a fixed batch."""
     g = torch.Generator().manual_seed(0)
     if model_kind == "mlp":
         model = big_mlp().to(device)
@@ -218,9 +218,9 @@ def run_case(model_kind: str, case: str, device: str) -> None:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         cuda_base = torch.cuda.memory_allocated()
-    if case == "forward":
+    if case == "forward":  # inference of the same objective the ZO step evaluates
         with torch.no_grad():
-            forward().sum().item()
+            loss().item()
     elif case == "mezo":
         MeZO(model, MeZOConfig(lr=1e-6, q=1)).step(loss).slopes.item()
     elif case == "backprop":
@@ -234,16 +234,23 @@ def run_case(model_kind: str, case: str, device: str) -> None:
     print(json.dumps(out))
 
 
-def measure(model_kind: str, case: str, device: str) -> dict[str, float]:
-    """One case in a fresh interpreter (ru_maxrss is a high-water mark: one case per process)."""
+def measure(model_kind: str, case: str, device: str, repeats: int = 1, pin_mmap: bool = False) -> dict[str, float]:
+    """One case in a fresh interpreter per repeat (a high-water mark allows one case per
+    process); the median total. ``pin_mmap`` fixes glibc's mmap threshold at its default
+    128 KiB, so freed multi-MB blocks go back to the OS instead of staying in the heap."""
     cmd = [sys.executable, __file__, "--child", model_kind, case, "--device", device]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True, timeout=300)
-    r = json.loads(out.stdout.strip().splitlines()[-1])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **({"MALLOC_MMAP_THRESHOLD_": "131072"} if pin_mmap else {})}
+    runs = []
+    for _ in range(repeats):
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True, timeout=300)
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
     if device == "cuda":  # device memory: everything allocated (weights included) at the peak
-        return {"total_mb": r["cuda_peak"] / 2**20, "weights_mb": r["cuda_base"] / 2**20, "params": r["params"]}
-    return {"total_mb": (r["peak_kb"] - r["base_kb"]) / 1024, "weights_mb": (r["built_kb"] - r["base_kb"]) / 1024,
-            "params": r["params"]}
+        total = [r["cuda_peak"] / 2**20 for r in runs]
+        weights = runs[0]["cuda_base"] / 2**20
+    else:
+        total = [(r["peak_kb"] - r["base_kb"]) / 1024 for r in runs]
+        weights = (runs[0]["built_kb"] - runs[0]["base_kb"]) / 1024
+    return {"total_mb": statistics.median(total), "weights_mb": weights, "params": runs[0]["params"]}
 
 
 def lm_speed(device: str, rounds: int) -> dict[str, float]:
@@ -281,6 +288,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     ap.add_argument("--quick", action="store_true", help="fewer rounds (smoke run)")
+    ap.add_argument("--pin-mmap", action="store_true", help="children run with MALLOC_MMAP_THRESHOLD_=131072")
     ap.add_argument("--child", nargs=2, metavar=("MODEL", "CASE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -293,6 +301,7 @@ def main() -> None:
         return
     torch.set_num_threads(1)
     dev, rounds, secs = args.device, (2 if args.quick else 5), (0.3 if args.quick else 1.0)
+    reps = 1 if args.quick else 3
     name = torch.cuda.get_device_name() if dev == "cuda" else f"CPU, torch {torch.__version__}, 1 thread"
     print(f"engine bench on {name}")
 
@@ -311,11 +320,13 @@ def main() -> None:
     print(f"  {'MLP ' + format(f.dim, ','):>10} {fast:>16.2f} {slow:>14.2f} {fast / slow:>7.2f}×   (vmap vs one forward/query)")
 
     print("\n(b) memory: peak " + ("CUDA allocated" if dev == "cuda" else "RSS above the post-import baseline")
-          + ", one case per fresh process")
+          + f", one case per fresh process (median of {reps} for forward/mezo)"
+          + (", glibc mmap threshold pinned" if args.pin_mmap else ""))
     print(f"  {'model':<6} {'params':>11} {'case':<9} {'total MB':>9} {'weights MB':>11} {'÷ forward':>10}")
     mem: dict[str, dict[str, float]] = {}
     for kind in ("mlp", "lm"):
-        rows = {case: measure(kind, case, dev) for case in ("forward", "mezo", "backprop")}
+        rows = {case: measure(kind, case, dev, 1 if case == "backprop" or dev == "cuda" else reps, args.pin_mmap)
+                for case in ("forward", "mezo", "backprop")}
         for case, r in rows.items():
             ratio = r["total_mb"] / rows["forward"]["total_mb"]
             mem[f"{kind}_{case}"] = {"mb": round(r["total_mb"], 1), "ratio": round(ratio, 3)}

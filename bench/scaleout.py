@@ -81,11 +81,11 @@ def main() -> None:
     p.add_argument("--latency-ms", type=float, default=40.0)
     p.add_argument("--segment-seconds", type=float, default=1.0)
     args = p.parse_args()
-    rates = {}
+    rates: dict[int, float] = {}
     for n in (1, 2, 3):
         res = run(n, args.jobs, args.steps, args.latency_ms, args.segment_seconds)
         print(json.dumps(res), flush=True)
-        rates[n] = res["jobs_per_min"]
+        rates[n] = float(res["jobs_per_min"])  # type: ignore[arg-type]
     print(json.dumps({"bench": "scaleout", "ratio": round(rates[3] / rates[1], 2), "target": TARGET,
                       "jobs_per_min": rates, "jobs": args.jobs, "steps": args.steps, "latency_ms": args.latency_ms,
                       "ratio_2": round(rates[2] / rates[1], 2)}))

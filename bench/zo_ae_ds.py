@@ -37,6 +37,7 @@ import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from workers.algorithms import ae_ds  # noqa: E402
+from workers.algorithms.base import State  # noqa: E402
 from workers.algorithms.certify import certify_dataset, max_radius  # noqa: E402
 from workers.algorithms.digits import accuracy, load_digits16, train_mlp  # noqa: E402
 
@@ -61,17 +62,19 @@ class Counted:
     def differentiable(self, images: Tensor) -> Tensor:
         """White-box access (FO baselines only): counted, with autograd."""
         self.rows += images.shape[0]
-        return self.model(images)
+        out: Tensor = self.model(images)
+        return out
 
     def __call__(self, images: Tensor) -> Tensor:
         self.calls += 1
         self.rows += images.shape[0]
         with torch.no_grad():
-            return self.model(images)
+            out: Tensor = self.model(images)
+        return out
 
 
-def train_defence(cfg: ae_ds.AEDSConfig, start: ae_ds.State, x: Tensor, model: torch.nn.Module,
-                  white_box: bool) -> tuple[ae_ds.State, int, int]:
+def train_defence(cfg: ae_ds.AEDSConfig, start: State, x: Tensor, model: torch.nn.Module,
+                  white_box: bool) -> tuple[State, int, int]:
     """Stability stage from ``start``; returns the state, measured queries and the formula's count."""
     box = Counted(model)
     targets = ae_ds.pseudo_labels(box, x)
@@ -126,12 +129,12 @@ def main() -> None:
                 seed=args.seed, batch=args.n0 + args.n)
     rows: dict[str, tuple[tuple[float, ...], int | None, int | None, float]] = {}
     t = time.perf_counter()
-    rows["none"] = (certify_dataset(lambda im: model(im), xs, ys, **cert).accuracy, None, None,  # type: ignore[arg-type]
+    rows["none"] = (certify_dataset(model, xs, ys, **cert).accuracy, None, None,
                     time.perf_counter() - t)
     for name, (cfg, start, white) in methods.items():
         t = time.perf_counter()
         state, measured, formula = train_defence(cfg, start, data.x_train, model, white)
-        report = certify_dataset(ae_ds.defended(state, cfg, model), xs, ys, **cert)  # type: ignore[arg-type]
+        report = certify_dataset(ae_ds.defended(state, cfg, model), xs, ys, **cert)
         rows[name] = (report.accuracy, measured, formula, time.perf_counter() - t)
         print(f"  {name:22s} done in {rows[name][3]:.0f} s", flush=True)
 
@@ -139,8 +142,8 @@ def main() -> None:
           f"N = {args.n}, α = {args.alpha} (R_max = {max_radius(base.sigma, args.n, args.alpha):.2f}); "
           f"{args.epochs} epochs, seed {args.seed}")
     print(f"{'method':22s} " + " ".join(f"r={r:<5}" for r in RADII) + "   queries (measured = formula)")
-    for name, (acc, measured, formula, _) in rows.items():
-        q = "-" if measured is None else f"{measured:,} {'=' if measured == formula else '!='} {formula:,}"
+    for name, (acc, spent, expected, _) in rows.items():
+        q = "-" if spent is None else f"{spent:,} {'=' if spent == expected else '!='} {expected:,}"
         q += " (white box)" if name.startswith("FO") else ""
         print(f"{name:22s} " + " ".join(f"{100 * a:7.1f}" for a in acc) + f"   {q}")
     print("\nPaper, CIFAR-10 Table 2 (ResNet-110, σ = 0.25, N = 10 000; brief §5), CA (%):")

@@ -123,7 +123,8 @@ async def count_jobs(r: Any) -> tuple[dict[str, int], bool]:
 
 class _JobCountCache:
     def __init__(self) -> None:
-        self.at, self.value = -1e18, ({}, False)
+        self.at = -1e18
+        self.value: tuple[dict[str, int], bool] = ({}, False)
 
     async def get(self, r: Any) -> tuple[dict[str, int], bool]:
         if time.monotonic() - self.at >= JOBS_CACHE_SECONDS:

@@ -60,7 +60,7 @@ async def create_link(r: aioredis.Redis, job_id: str, tenant: str, days: float) 
     record = {"id": "rl_" + secrets.token_hex(6), "job_id": job_id, "tenant": tenant,
               "created_at": now.isoformat(), "expires_at": (now + timedelta(seconds=ttl)).isoformat()}
     pipe = r.pipeline(transaction=True)
-    pipe.hset(keys.rater(digest(token)), mapping=record)
+    pipe.hset(keys.rater(digest(token)), mapping=dict(record))  # type: ignore[arg-type]
     pipe.expire(keys.rater(digest(token)), ttl)
     pipe.hset(keys.job_raters(job_id), record["id"], json.dumps({**record, "digest": digest(token)}))
     await pipe.execute()
@@ -99,10 +99,14 @@ async def lookup(r: aioredis.Redis, token: str) -> dict[str, str] | None:
     raw = await r.hgetall(keys.rater(digest(token)))
     if not raw:
         return None
-    rec = {k.decode(): v.decode() for k, v in raw.items()}
+    rec = {_text(k): _text(v) for k, v in raw.items()}
     if datetime.fromisoformat(rec["expires_at"]) <= datetime.now(timezone.utc):
         return None  # Redis expires the key too; this covers clock skew between API and Redis
     return rec
+
+
+def _text(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else v
 
 
 def allowed(method: str, path: str, job_id: str) -> bool:

@@ -125,8 +125,14 @@ def run_cli(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> tuple[str, Any]
     import zoserve.cli as cli
 
     seen: list[tuple[str, Any]] = []
+    def recorder(name: str) -> Any:
+        def record(args: Any) -> int:
+            seen.append((name, args))
+            return 0
+        return record
+
     for name in ("cmd_api", "cmd_worker", "cmd_up", "cmd_submit", "cmd_watch"):
-        monkeypatch.setattr(cli, name, lambda args, _n=name: seen.append((_n, args)) or 0)
+        monkeypatch.setattr(cli, name, recorder(name))
     assert argv[0] == "zoserve", argv
     assert cli.main(argv[1:]) == 0  # argparse exits (SystemExit 2) on an unknown command or option
     return seen[0]

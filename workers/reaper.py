@@ -44,6 +44,7 @@ class Reaper:
 
     def start(self) -> "Reaper":
         threading.Thread(target=self._run, name="zoserve-reaper", daemon=True).start()
+        log.info("reaper started: sweeping every %g s", self.every)
         return self
 
     def stop(self) -> None:

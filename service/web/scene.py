@@ -78,7 +78,7 @@ def _sea(img: Array, ys: Array, xs: Array, horizon: float, sun_x: float, radius:
     water = near * (1.0 - 0.35 * depth)[..., None]
     sun_above = 1.0 - p[2] * 0.6  # a low sun throws a long, bright path
     band = np.exp(-((xs - sun_x) / (radius * (1.0 + 1.5 * depth))) ** 2)
-    ripple = 0.5 + 0.5 * np.sin(ys * 1.7 + np.sin(xs * 0.09) * 2.0)
+    ripple = 0.6 + 0.4 * np.sin(ys * 0.8 + np.sin(xs * 0.05) * 1.2)
     shine = np.clip(band * ripple * sun_above * (1.0 - 0.7 * depth), 0.0, 1.0)
     water = water + (sun - water) * shine[..., None]
     return np.where(below[..., None], water, img)

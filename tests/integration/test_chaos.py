@@ -24,7 +24,7 @@ from tests.support.chaos import Worker, audit, reference_run, stream
 from tests.support.stack import serve_app
 
 KEY = "chaos-key"
-N_JOBS, STEPS, LATENCY_MS = 30, 60, 15  # ≈1 s of (sleeping) objective time per job, ~4 segments each
+N_JOBS, STEPS, LATENCY_MS = 30, 80, 25  # ≈2 s of (sleeping) objective time per job, ~8 segments each
 FAST = dict(ZOSERVE_LEASE_SECONDS="5", ZOSERVE_VISIBILITY_TIMEOUT="5", ZOSERVE_SEGMENT_SECONDS="0.25",
             ZOSERVE_REAPER_SECONDS="1", ZOSERVE_SEGMENT_MAX_CRASHES="20")
 
@@ -70,10 +70,10 @@ def test_sigkilled_workers_lose_no_job_and_finish_none_twice(chaos_stack: tuple[
             return [j for j in ids if r.hget(f"zo:job:{j}", "status") not in (b"succeeded", b"failed", b"cancelled")]
 
         kills_at: list[float] = []
-        while unfinished() and len(kills_at) < 6 and time.monotonic() - t0 < 60:
+        while unfinished() and len(kills_at) < 6 and time.monotonic() - t0 < 90:
             time.sleep(rng.uniform(1.0, 3.0))
             busy = [w for w in workers if w.ready()]  # kill running workers, not ones still starting up
-            if not busy or not r.scard("zo:open"):
+            if len(busy) < 2 or not r.scard("zo:open"):  # (and keep one alive, whose reaper revives the job)
                 continue
             victim = rng.choice(busy)
             victim.kill()
@@ -99,7 +99,7 @@ def test_sigkilled_workers_lose_no_job_and_finish_none_twice(chaos_stack: tuple[
         "seconds": round(elapsed, 1),
     }
     print(f"\nchaos counts: {counts}\nkills at (s): {kills_at}")
-    assert counts["kills"] >= 3, counts
+    assert counts["kills"] >= 4, counts
     bad = {}
     for job, (want, events_ref), job_id in zip(jobs, references, ids):
         problems = audit(stream(r, job_id), events_ref)

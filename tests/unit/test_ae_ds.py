@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -12,6 +13,8 @@ from torch import Tensor, nn
 
 from workers.algorithms import ae_ds
 from workers.algorithms.ae_ds import AEDSConfig
+from workers.algorithms.ae_ds_nets import FrontEnd, build, shape_of
+from workers.algorithms.base import State
 from workers.algorithms.certify import (
     ABSTAIN,
     Certificate,
@@ -46,7 +49,7 @@ def _cfg(**kw: object) -> AEDSConfig:
     return AEDSConfig(**{**base, **kw})  # type: ignore[arg-type]
 
 
-def _stability_state(cfg: AEDSConfig, f: nn.Module, data: Tensor, seed: int = 0) -> ae_ds.State:
+def _stability_state(cfg: AEDSConfig, f: nn.Module, data: Tensor, seed: int = 0) -> State:
     """A stability-stage state whose denoiser is not the identity (so every layer gets gradient)."""
     state = dict(ae_ds.init_state(cfg, SHAPE, seed))
     gen = torch.Generator().manual_seed(seed + 7)
@@ -56,7 +59,7 @@ def _stability_state(cfg: AEDSConfig, f: nn.Module, data: Tensor, seed: int = 0)
     return ae_ds.begin_stage(state, "stability", cfg, targets=ae_ds.pseudo_labels(f, data), target_queries=N)
 
 
-def _exact_latent_grad(mods: ae_ds.FrontEnd, z: Tensor, cfg: AEDSConfig, f: nn.Module, y: Tensor) -> Tensor:
+def _exact_latent_grad(mods: FrontEnd, z: Tensor, cfg: AEDSConfig, f: nn.Module, y: Tensor) -> Tensor:
     z = z.detach().requires_grad_(True)
     loss = F.cross_entropy(f(ae_ds.decode(mods, z, cfg, torch.Size(SHAPE))), y, reduction="sum")
     return torch.autograd.grad(loss, z)[0]
@@ -68,7 +71,7 @@ def test_chain_rule_merge_with_exact_latent_gradient_is_the_true_gradient(use_ae
     state = _stability_state(cfg, f, data)
     mods, _, noisy = ae_ds.minibatch(state, data, cfg)
     params = ae_ds.trainable(mods, "stability", cfg)
-    y = state["targets"][ae_ds._indices(state, N, cfg)]  # type: ignore[index]
+    y = ae_ds.batch_targets(state, N, cfg)
     with torch.no_grad():
         z = ae_ds.latent(mods, noisy, cfg)
     merged = ae_ds.surrogate_gradients(mods, noisy, _exact_latent_grad(mods, z, cfg, f, y), cfg, params)
@@ -84,7 +87,7 @@ def test_cge_latent_estimate_matches_the_exact_gradient() -> None:
     cfg, f, data = _cfg(estimator="cge"), _stand_in(), _images()
     state = _stability_state(cfg, f, data)
     plan = ae_ds.plan_stability(state, data, cfg)
-    y = state["targets"][ae_ds._indices(state, N, cfg)]  # type: ignore[index]
+    y = ae_ds.batch_targets(state, N, cfg)
     with torch.no_grad():
         a, _ = ae_ds.latent_gradients(plan, f(plan.images), y)
     mods, _, noisy = ae_ds.minibatch(state, data, cfg)
@@ -104,7 +107,8 @@ def test_query_counts_match_the_estimator_formula(estimator: str, use_ae: bool, 
 
     def box(images: Tensor) -> Tensor:
         calls.append(images.shape[0])
-        return f(images)
+        out: Tensor = f(images)
+        return out
 
     while not ae_ds.stage_done(state):
         before = int(state["queries"])
@@ -130,7 +134,7 @@ def test_constant_classifier_certifies_sigma_times_probit_of_p_lower() -> None:
 
 def test_coin_flip_classifier_abstains() -> None:
     flip = lambda im: torch.stack([im.flatten(1)[:, 0], -im.flatten(1)[:, 0]], dim=1)  # noqa: E731
-    kw = dict(sigma=1.0, alpha=0.001, num_classes=2, batch=100)
+    kw: dict[str, Any] = dict(sigma=1.0, alpha=0.001, num_classes=2, batch=100)
     assert certify(flip, torch.zeros(SHAPE), n0=50, n=400, gen=torch.Generator().manual_seed(1), **kw) \
         == Certificate(ABSTAIN, 0.0, pytest.approx(lower_confidence_bound(200, 400, 0.001), abs=0.1))  # type: ignore[arg-type]
     assert predict(flip, torch.zeros(SHAPE), n=400, gen=torch.Generator().manual_seed(2), **kw) == ABSTAIN
@@ -147,8 +151,8 @@ def test_clopper_pearson_and_certified_accuracy_counting() -> None:
 def test_certify_dataset_counts_queries_and_is_reproducible() -> None:
     f, xs = _stand_in(), _images(4)
     ys = f(xs).argmax(1)
-    kw = dict(sigma=0.1, n0=20, n=60, alpha=0.01, num_classes=5, radii=(0.0, 0.1), seed=3, batch=25)
-    first, again = certify_dataset(f, xs, ys, **kw), certify_dataset(f, xs, ys, **kw)  # type: ignore[arg-type]
+    kw: dict[str, Any] = dict(sigma=0.1, n0=20, n=60, alpha=0.01, num_classes=5, radii=(0.0, 0.1), seed=3, batch=25)
+    first, again = certify_dataset(f, xs, ys, **kw), certify_dataset(f, xs, ys, **kw)
     assert first == again and first.queries == 4 * 80
 
 
@@ -159,20 +163,20 @@ def test_stage_resumes_bitwise_from_a_checkpoint(stage: str) -> None:
     if stage != "autoencoder":
         state = ae_ds.begin_stage(state, stage, cfg, targets=ae_ds.pseudo_labels(f, data))  # type: ignore[arg-type]
 
-    def step(s: ae_ds.State) -> ae_ds.State:
+    def step(s: State) -> State:
         fn = ae_ds.mse_step if stage in ("autoencoder", "denoiser") else (lambda s, d, c: ae_ds.zo_step(s, d, c, f))
         return fn(s, data, cfg)[0]
 
     straight = state
     for _ in range(3):
         straight = step(straight)
-    resumed = load_state(dump_state(step(state)))
+    resumed: State = load_state(dump_state(step(state)))
     for _ in range(2):
         resumed = step(resumed)
     assert resumed.keys() == straight.keys()
     for k, v in straight.items():
         assert torch.equal(v, resumed[k]) if isinstance(v, Tensor) else v == resumed[k], k  # type: ignore[arg-type]
-    trained = ae_ds.trainable(ae_ds.build(ae_ds.shape_of(state), state), stage, cfg)
+    trained = ae_ds.trainable(build(shape_of(state), state), stage, cfg)
     assert int(straight["step"]) == 3
     assert all(not torch.equal(straight[k], state[k]) for k in trained)  # type: ignore[arg-type]
 

@@ -24,13 +24,18 @@ def sphere(points: Tensor) -> Tensor:
     return (points**2).sum(dim=1)
 
 
-def run(alg: ZORankSGD, f: Callable[[Tensor], Tensor], x0: Tensor, seed: int, calls: int) -> tuple[State, list[Tensor]]:
-    """Drive ``alg`` with the exact simulated oracle on ``f``; return the final state and all iterates."""
+def run(
+    alg: ZORankSGD, f: Callable[[Tensor], Tensor], x0: Tensor, seed: int, calls: int, flip_prob: float = 0.0
+) -> tuple[State, list[Tensor]]:
+    """Drive ``alg`` with the simulated oracle on ``f`` (exact, or with adjacent flips); return the
+    final state and all iterates."""
     state = alg.init(x0, seed)
     xs = [alg.x_of(state)]
+    gen = torch.Generator().manual_seed(1000 + seed)
     for _ in range(calls):
         query = alg.ask(state)
-        ranking, ties = rank_by_values(f(query.points), query.k or query.points.shape[0])
+        k = query.k or query.points.shape[0]
+        ranking, ties = rank_by_values(f(query.points), k, flip_prob=flip_prob, gen=gen if flip_prob else None)
         state, _ = alg.tell(state, query, Answer(ranking=ranking, ties=ties))
         xs.append(alg.x_of(state))
     return state, xs
@@ -163,14 +168,21 @@ def test_full_ranking_mean_length_is_2_over_sqrt_pi() -> None:
 # -- invariance, determinism, phases -------------------------------------------------------
 
 
-@pytest.mark.parametrize("kw", [{"schedule": "fixed", "lr": 0.02}, {}, {"protocol": "two-round"}])
+ADAPTIVE: dict[str, object] = {"step_adaptation": "adaptive"}
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [{"schedule": "fixed", "lr": 0.02}, {}, {"protocol": "two-round"}, ADAPTIVE, {**ADAPTIVE, "protocol": "two-round"}],
+)
 def test_iterates_are_invariant_to_increasing_transforms(kw: dict[str, object]) -> None:
     alg = ZORankSGD(m=8, k=4, **kw)  # type: ignore[arg-type]
     x0 = torch.full((30,), 0.7, dtype=torch.float64)
-    _, base = run(alg, sphere, x0, 3, 200)
+    end, base = run(alg, sphere, x0, 3, 200)
     for transform in (lambda p: torch.exp(3 * sphere(p) / 50), lambda p: 3 * sphere(p) + 7):
-        _, other = run(alg, transform, x0, 3, 200)
+        other_end, other = run(alg, transform, x0, 3, 200)
         assert all(torch.equal(a, b) for a, b in zip(base, other, strict=True))
+        assert same_state(end, other_end)  # the adaptive η_t, μ_t included
     _, decreasing = run(alg, lambda p: -sphere(p), x0, 3, 200)  # sanity: the test can fail
     assert not torch.equal(base[-1], decreasing[-1])
 
@@ -258,6 +270,93 @@ def test_checkpoint_round_trip_resumes_identically() -> None:
     assert same_state(a, b)
 
 
+# -- step_adaptation="adaptive" (opt-in deviation from the paper) -------------------------
+
+
+def test_default_state_has_no_adaptive_keys_and_adaptive_starts_at_lr_mu() -> None:
+    x0 = torch.ones(4, dtype=torch.float64)
+    assert not {"lr_t", "mu_t"} & ZORankSGD().init(x0, 0).keys()  # the paper's state is untouched
+    state = ZORankSGD(lr=0.3, mu=0.02, step_adaptation="adaptive").init(x0, 0)
+    assert (state["lr_t"], state["mu_t"]) == (0.3, 0.02)
+    with pytest.raises(ValueError):
+        ZORankSGD(schedule="fixed", step_adaptation="adaptive")
+    with pytest.raises(ValueError):
+        ZORankSGD(ls_candidates=4, adapt_center=5, step_adaptation="adaptive")
+
+
+@pytest.mark.parametrize(("pick", "exponent"), [(0, -2.5), (2, -0.5), (3, 0.5), (4, 1.5), (5, 1.5)])
+def test_adaptive_recentres_on_the_pick(pick: int, exponent: float) -> None:
+    # L = 4, c = (L + 1)/2 = 2.5: pick i gives η γ^(i − c); keeping x (row 4) counts as i = L.
+    alg = ZORankSGD(m=6, k=3, lr=0.4, mu=0.01, gamma=0.5, ls_candidates=4, step_adaptation="adaptive")
+    alg2 = ZORankSGD(m=6, k=3, lr=0.4, mu=0.01, gamma=0.5, ls_candidates=4, protocol="two-round",
+                     step_adaptation="adaptive")
+    for a in (alg, alg2):
+        state = a.init(torch.ones(5, dtype=torch.float64), 0)
+        state, _ = a.tell(state, a.ask(state), Answer(ranking=(2, 0, 5)))
+        ls = a.ask(state)
+        last = ls.points.shape[0] - 1
+        if pick > last:  # the ranking protocol has no row 5 (x is its row 4)
+            continue
+        new, info = a.tell(state, ls, Answer(ranking=(pick,)))
+        assert new["lr_t"] == pytest.approx(0.4 * 0.5**exponent, rel=1e-15)
+        assert new["mu_t"] == pytest.approx(0.01 * 0.5**exponent, rel=1e-15)
+        assert info.extra["lr"] == new["lr_t"]
+        plain = ZORankSGD(m=6, k=3, mu=float(new["mu_t"]), schedule="fixed")  # same ξ, radius μ_t
+        expected = plain.ask({**plain.init(a.x_of(new), 0), "t": new["t"]}).points
+        assert torch.allclose(a.ask(new).points, expected, rtol=0, atol=1e-15)
+
+
+def test_adaptive_step_does_not_collapse_under_an_uninformative_oracle() -> None:
+    # Random answers (value noise swamping f): picks are uniform, so η must not shrink to nothing.
+    alg = ZORankSGD(m=6, k=3, ls_candidates=8, step_adaptation="adaptive")
+    gen = torch.Generator().manual_seed(0)
+    state = alg.init(torch.ones(5, dtype=torch.float64), 0)
+    for _ in range(400):
+        query = alg.ask(state)
+        ranking = tuple(torch.randperm(query.points.shape[0], generator=gen).tolist()[: query.k])
+        state, _ = alg.tell(state, query, Answer(ranking=ranking))
+    assert float(state["lr_t"]) >= 0.5
+    centred = ZORankSGD(m=6, k=3, ls_candidates=8, step_adaptation="adaptive", adapt_center=2)
+    state = centred.init(torch.ones(5, dtype=torch.float64), 0)  # sanity: a low centre does collapse
+    for _ in range(400):
+        query = centred.ask(state)
+        ranking = tuple(torch.randperm(query.points.shape[0], generator=gen).tolist()[: query.k])
+        state, _ = centred.tell(state, query, Answer(ranking=ranking))
+    assert float(state["lr_t"]) < 1e-20
+
+
+@pytest.mark.parametrize("flip_prob", [0.0, 0.1])
+def test_adaptive_converges_far_below_the_paper_floor(flip_prob: float) -> None:
+    # Sphere d = 20, f(x0) = 20, 600 calls: the paper's fixed grid stalls near 3e-5 (1e-4 with
+    # flips); the adaptive variant reaches ≈ 1e-37 (1e-35 with flips) and never blows up.
+    x0 = torch.ones(20, dtype=torch.float64)
+
+    def finals(alg: ZORankSGD) -> list[float]:
+        return [float(sphere(alg.x_of(run(alg, sphere, x0, s, 600, flip_prob)[0])[None])[0]) for s in range(3)]
+
+    adaptive = finals(ZORankSGD(m=10, k=5, **ZORankSGDConfig(step_adaptation="adaptive").hparams()))  # type: ignore[arg-type]
+    paper = finals(ZORankSGD(m=10, k=5, **ZORankSGDConfig().hparams()))  # type: ignore[arg-type]
+    assert max(adaptive) < 1e-25
+    assert statistics.median(paper) > 1e-6  # sanity: the default keeps its floor
+
+
+def test_adaptive_checkpoint_round_trip_resumes_identically() -> None:
+    alg = ZORankSGD(m=6, k=3, step_adaptation="adaptive")
+    state, _ = run(alg, sphere, torch.ones(7, dtype=torch.float64), 2, 41)  # mid line search, η adapted
+    assert state["phase"] == "linesearch" and state["lr_t"] != alg.lr
+    restored = load_state(dump_state(state))
+    assert same_state(restored, state) and isinstance(restored["lr_t"], float)
+    a: State = state
+    b: State = restored
+    for _ in range(10):
+        qa, qb = alg.ask(a), alg.ask(b)
+        assert torch.equal(qa.points, qb.points) and qa.k == qb.k
+        ranking, ties = rank_by_values(sphere(qa.points), qa.k or 6)
+        a, _ = alg.tell(a, qa, Answer(ranking=ranking, ties=ties))
+        b, _ = alg.tell(load_state(dump_state(b)), qb, Answer(ranking=ranking, ties=ties))
+    assert same_state(a, b)
+
+
 # -- convergence (the issue's acceptance criterion) ---------------------------------------
 
 
@@ -282,6 +381,11 @@ def test_config_and_objective_validation() -> None:
         ZORankSGDConfig(protocol="two-round", schedule="fixed")
     with pytest.raises(ValidationError):
         ZORankSGDConfig(gamma=1.0)
+    with pytest.raises(ValidationError):
+        ZORankSGDConfig(step_adaptation="adaptive", schedule="decay")
+    with pytest.raises(ValidationError):
+        ZORankSGDConfig(step_adaptation="adaptive", ls_candidates=3, adapt_center=3.5)
+    assert ZORankSGD(**ZORankSGDConfig(step_adaptation="adaptive").hparams()).adapt_center == 4.5  # type: ignore[arg-type]
     with pytest.raises(ValidationError):
         ZORankSGDConfig(m=10)  # type: ignore[call-arg]  # the oracle's shape belongs to the objective
     ok = RankingObjective(oracle="builtin", function="sphere", dim=100, m=10, k=5)

@@ -206,7 +206,7 @@ def tell_stability(state: State, data: Tensor, cfg: AEDSConfig, plan: StabilityP
     if logits.shape[0] != plan.images.shape[0]:
         raise ValueError(f"expected {plan.images.shape[0]} rows of logits, got {logits.shape[0]}")
     mods, _, noisy = minibatch(state, data, cfg)
-    targets = state["targets"][_indices(state, data.shape[0], cfg)]  # type: ignore[index]
+    targets = batch_targets(state, data.shape[0], cfg)
     a, loss = latent_gradients(plan, logits, targets)
     params = trainable(mods, str(state["stage"]), cfg)
     grads = surrogate_gradients(mods, noisy, a.to(noisy.dtype), cfg, params)
@@ -238,7 +238,7 @@ def fo_step(state: State, data: Tensor, cfg: AEDSConfig, model: BlackBox) -> tup
     mods, _, noisy = minibatch(state, data, cfg)
     params = trainable(mods, str(state["stage"]), cfg)
     logits = model(decode(mods, latent(mods, noisy, cfg), cfg, noisy.shape[1:]))
-    loss = cross_entropy(logits, state["targets"][_indices(state, data.shape[0], cfg)]).mean()  # type: ignore[index]
+    loss = cross_entropy(logits, batch_targets(state, data.shape[0], cfg)).mean()
     grads = torch.autograd.grad(loss, list(params.values()))
     return _update(state, mods, params, grads, float(loss.detach()), logits.shape[0], data.shape[0], cfg)
 
@@ -285,6 +285,14 @@ def trainable(mods: FrontEnd, stage: str, cfg: AEDSConfig) -> dict[str, Tensor]:
     return {p + k: v for p in prefixes for k, v in named[p].named_parameters()}
 
 
+def batch_targets(state: State, n: int, cfg: AEDSConfig) -> Tensor:
+    """The stability targets ŷ of this step's minibatch."""
+    targets = state["targets"]
+    if not isinstance(targets, Tensor):
+        raise ValueError("the state has no targets")
+    return targets[_indices(state, n, cfg)]
+
+
 def _indices(state: State, n: int, cfg: AEDSConfig) -> Tensor:
     """This step's minibatch: a slice of the epoch's permutation (the last batch may be short)."""
     gen = step_generator(int(state["seed"]), int(state["epoch"]), _stream(state, _PERM))
@@ -295,7 +303,7 @@ def _indices(state: State, n: int, cfg: AEDSConfig) -> Tensor:
 
 def _stream(state: State, base: int) -> int:
     """A random stream per (purpose, stage), so stages never reuse each other's draws."""
-    return base + 8 * STAGES.index(state["stage"])  # type: ignore[arg-type]
+    return base + 8 * STAGES.index(str(state["stage"]))
 
 
 def minibatch(state: State, data: Tensor, cfg: AEDSConfig) -> tuple[FrontEnd, Tensor, Tensor]:
@@ -315,13 +323,15 @@ def minibatch(state: State, data: Tensor, cfg: AEDSConfig) -> tuple[FrontEnd, Te
 
 def latent(mods: FrontEnd, noisy: Tensor, cfg: AEDSConfig) -> Tensor:
     """z = Enc(D_θ(x+δ)) (B, d_z), or the flattened denoised image for ZO-DS (B, C·H·W)."""
-    y = mods.denoiser(noisy)
-    return mods.encoder(y) if cfg.use_autoencoder else y.flatten(1)
+    y: Tensor = mods.denoiser(noisy)
+    z: Tensor = mods.encoder(y) if cfg.use_autoencoder else y.flatten(1)
+    return z
 
 
 def decode(mods: FrontEnd, z: Tensor, cfg: AEDSConfig, image: torch.Size) -> Tensor:
     """The images the black box sees for latents z: Dec(z), or z reshaped to ``image`` (ZO-DS)."""
-    return mods.decoder(z) if cfg.use_autoencoder else z.reshape(-1, *image)
+    images: Tensor = mods.decoder(z) if cfg.use_autoencoder else z.reshape(-1, *image)
+    return images
 
 
 def _update(state: State, mods: FrontEnd, params: dict[str, Tensor], grads: tuple[Tensor, ...],

@@ -56,7 +56,8 @@ class Denoiser(nn.Module):
         self.body = nn.Sequential(*body)
 
     def forward(self, x: Tensor) -> Tensor:
-        return x - self.body(x.contiguous(memory_format=torch.channels_last)).contiguous()
+        out: Tensor = x - self.body(x.contiguous(memory_format=torch.channels_last)).contiguous()
+        return out
 
 
 class Encoder(nn.Module):
@@ -72,7 +73,8 @@ class Encoder(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
+        z: Tensor = self.net(x)
+        return z
 
 
 class Decoder(nn.Module):
@@ -90,7 +92,8 @@ class Decoder(nn.Module):
     def forward(self, z: Tensor) -> Tensor:
         h = self.fc(z).reshape(-1, *self.hidden)
         # channels-last: ~2× faster CPU convs on the large query batches (same function)
-        return self.conv(h.contiguous(memory_format=torch.channels_last)).contiguous()
+        out: Tensor = self.conv(h.contiguous(memory_format=torch.channels_last))
+        return out.contiguous()
 
 
 class FrontEnd(NamedTuple):
@@ -154,7 +157,7 @@ def build(shape: Shape, state: Mapping[str, StateValue]) -> FrontEnd:
 
 def shape_of(state: Mapping[str, StateValue]) -> Shape:
     """The :class:`Shape` recorded in a state (keys ``shape.<field>``)."""
-    return Shape(**{f: int(state["shape." + f]) for f in Shape._fields})  # type: ignore[arg-type]
+    return Shape(**{f: int(state["shape." + f]) for f in Shape._fields})
 
 
 def shape_entries(shape: Shape) -> dict[str, int]:

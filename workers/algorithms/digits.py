@@ -44,14 +44,14 @@ def load_digits16(seed: int = 0, test_size: float = 0.33, size: int = 16) -> Spl
     return Split(x[tr].contiguous(), y[tr], x[te].contiguous(), y[te])
 
 
-def mlp(d: int, classes: int = 10, hidden: int = 128) -> nn.Module:
+def mlp(d: int, classes: int = 10, hidden: int = 128) -> nn.Sequential:
     """Flatten → d→hidden→hidden→classes with ReLUs."""
     return nn.Sequential(nn.Flatten(), nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
                          nn.Linear(hidden, classes))
 
 
 def train_mlp(x: Tensor, y: Tensor, *, epochs: int = 100, lr: float = 1e-3, batch: int = 64,
-              seed: int = 0, hidden: int = 128) -> nn.Module:
+              seed: int = 0, hidden: int = 128) -> nn.Sequential:
     """A normally trained MLP classifier (eval mode, weights from ``seed``)."""
     gen = torch.Generator().manual_seed(seed)
     model = mlp(x[0].numel(), int(y.max()) + 1, hidden)
@@ -67,7 +67,8 @@ def train_mlp(x: Tensor, y: Tensor, *, epochs: int = 100, lr: float = 1e-3, batc
         for start in range(0, len(y), batch):
             idx = perm[start:start + batch]
             opt.zero_grad()
-            F.cross_entropy(model(x[idx]), y[idx]).backward()
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            torch.autograd.backward(loss)
             opt.step()
     return model.eval()
 

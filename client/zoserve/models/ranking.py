@@ -22,6 +22,10 @@ class ZORankSGDConfig(BaseModel):
     calls (a line-search step counts as two) end at median f ≈ 1e-3 over 5 seeds; the
     line search keeps working from f(x0) = 1e4. Fixed/decaying η need ``lr`` ≈ 0.01–0.05
     (median f ≈ 0.01 on the same problem with ``schedule="decay"``, ``lr=0.05``).
+
+    ``step_adaptation="adaptive"`` is an opt-in deviation from the paper: η and μ follow the
+    line-search picks, so nothing puts a floor under f (same problem: median f ≈ 3e-41, where
+    CMA-ES fed the same ranks reaches ≈ 1e-30; see ``bench/ranksgd.py``).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -54,11 +58,31 @@ class ZORankSGDConfig(BaseModel):
     directions: Literal["gaussian", "sphere"] = Field(
         "gaussian", description="Perturbation directions: N(0, I), or uniform on the sphere of radius √d."
     )
+    # Deviation from the paper (opt-in): Algorithm 2 keeps η and μ fixed; "adaptive" adapts both.
+    step_adaptation: Literal["none", "adaptive"] = Field(
+        "none",
+        description="'none': the paper's fixed lr and mu. 'adaptive' (a deviation from the paper): after each "
+        "line-search pick i the base step becomes lr_t·γ^(i − adapt_center) (keeping x counts as i = L), and "
+        "mu_t = mu·lr_t/lr, so the smallest trial step and the perturbation radius shrink with the iterate's "
+        "progress; lr and mu are the starting values. Driven by the oracle's picks only (rank-invariant). "
+        "Requires schedule='linesearch'.",
+    )
+    # Deviation from the paper (opt-in): used by step_adaptation="adaptive" only.
+    adapt_center: float | None = Field(
+        None, ge=0.0, le=62.0,
+        description="'adaptive' only: the line-search pick index that leaves the step unchanged (<= ls_candidates). "
+        "Default (ls_candidates + 1)/2: a pick that carries no information (uniform over the L+1 options) then "
+        "grows the step slowly instead of shrinking it.",
+    )
 
     @model_validator(mode="after")
     def _check_protocol(self) -> ZORankSGDConfig:
         if self.protocol == "two-round" and self.schedule != "linesearch":
             raise ValueError("protocol='two-round' requires schedule='linesearch'")
+        if self.step_adaptation == "adaptive" and self.schedule != "linesearch":
+            raise ValueError("step_adaptation='adaptive' requires schedule='linesearch'")
+        if self.adapt_center is not None and self.adapt_center > self.ls_candidates:
+            raise ValueError(f"adapt_center ({self.adapt_center}) must be <= ls_candidates ({self.ls_candidates})")
         return self
 
     def hparams(self) -> dict[str, object]:

@@ -59,6 +59,7 @@
     $("instructions").textContent = instructions();
     const grid = $("grid");
     grid.classList.remove("busy");
+    grid.style.setProperty("--cols", String(m <= 6 ? m : Math.ceil(m / Math.ceil(m / 6))));  // one row up to 6
     grid.replaceChildren(...q.candidates.map((c, i) => {
       const img = el("img", { alt: "Candidate " + c.id, draggable: "false" });
       ZO.image(png(q.id, c.id)).then((u) => { img.src = u; }).catch(() => { img.alt = `Candidate ${c.id} (image failed to load)`; });
