@@ -20,6 +20,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from zoserve.models.problems import Problem
@@ -101,6 +103,14 @@ def install_handlers(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return problem_response(Problem(title=str(exc.detail) if exc.status_code != 404 else "Not Found", status=exc.status_code,
                                         detail=str(exc.detail), instance=request.url.path), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RedisConnectionError)
+    @app.exception_handler(RedisTimeoutError)
+    async def _store_down(request: Request, exc: Exception) -> JSONResponse:
+        # Redis restarting or unreachable past redis-py's retries: a transient 503 the SDK retries, not a 500
+        return problem_response(Problem(type=Unavailable.type, title=Unavailable.title, status=503, instance=request.url.path,
+                                        detail="the job store (Redis) is unreachable; retry shortly"),
+                                headers={"Retry-After": "1"})
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

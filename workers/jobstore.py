@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
 
 from service import keys, scripts
 from service.metrics import LatencyRecorder, push_latency
@@ -27,6 +29,13 @@ class Lease:
     job_id: str
     token: str
     previous_status: str
+
+
+def connect(url: str) -> redis.Redis:
+    """A worker's Redis client: it rides out a Redis restart (up to ~15 s of retries with backoff);
+    every write it retries is idempotent (``COMMIT`` carries a commit id)."""
+    return redis.Redis.from_url(url, retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=2.0), 12),
+                                retry_on_error=[redis.ConnectionError, redis.TimeoutError], health_check_interval=30)
 
 
 class LeaseRefused(Exception):
@@ -159,6 +168,11 @@ class RedisSink:
             push_latency(self.store.r, latency)
         except redis.RedisError:  # metrics never fail a segment
             pass
+
+    def close(self) -> None:
+        """Abandon the segment (Redis unreachable): stop renewing its lease so that it lapses."""
+        self._done.set()
+        self._writer.shutdown(wait=False)
 
     def drain(self) -> Signal:
         """Wait for the write in flight (call before the segment's final commit)."""

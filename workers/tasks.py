@@ -31,7 +31,7 @@ from .algorithms.registry import build_algorithm
 from .celery_app import app, redis_url
 from .federated import FEDERATED
 from .federated import start as start_federated
-from .jobstore import CancelListener, Lease, LeaseRefused, RedisSink, WorkerStore
+from .jobstore import CancelListener, Lease, LeaseRefused, RedisSink, WorkerStore, connect
 from .objectives.base import ObjectiveError, ObjectiveInvalid, ObjectiveRefused, ObjectiveTransient
 from .objectives.registry import build_objective
 from .runner import Limits, Outcome, Signal, SegmentResult, dumps, initial_state, result_body, run_segment, split_state
@@ -49,7 +49,7 @@ class Context:
 @functools.lru_cache(maxsize=1)
 def context() -> Context:
     settings = get_settings()
-    client = redis.Redis.from_url(redis_url())
+    client = connect(redis_url())
     store = WorkerStore(client, settings.lease_seconds, settings.event_retention, settings.segment_max_crashes)
     return Context(settings, store, CancelListener(client))
 
@@ -124,6 +124,9 @@ def execute_segment(task: Task, ctx: Context, lease: Lease) -> str:
     except ObjectiveError as exc:
         sink.drain()
         return _fail(ctx, lease, h, _problem(exc, "Objective failed"), sink.buffer)
+    except (redis.ConnectionError, redis.TimeoutError):
+        sink.close()  # Redis stayed away past the client's retries: not the job's fault, so never fail it;
+        raise  # its lease lapses and a reaper revives it from the last checkpoint
     except Exception as exc:  # noqa: BLE001 - a job's bug must not take the worker down
         log.exception("segment of %s crashed", lease.job_id)
         sink.drain()
@@ -210,6 +213,6 @@ def _start_reaper(sender: object = None, **_: object) -> None:
     from .reaper import Reaper
 
     settings = get_settings()  # its own client: context() belongs to the processes that run segments
-    store = WorkerStore(redis.Redis.from_url(redis_url()), settings.lease_seconds, settings.event_retention,
+    store = WorkerStore(connect(redis_url()), settings.lease_seconds, settings.event_retention,
                         settings.segment_max_crashes)
     Reaper(store, app, settings.reaper_seconds).start()

@@ -11,7 +11,7 @@ import httpx
 from pydantic import PrivateAttr
 
 from ._base import TERMINAL, answer_for, budget_total, check, client_kwargs, idempotency_headers, spec_body
-from ._errors import Conflict, JobFailed, TransportError
+from ._errors import Conflict, JobFailed, ServerError, TransportError
 from ._progress import ProgressBar
 from ._sse import SSEDecoder
 from .models.events import EventPage, ProgressEvent, QueryEvent
@@ -96,7 +96,7 @@ class AsyncJobs:
                                              timeout=httpx.Timeout(30.0, read=None)) as r:
                     if not r.is_success:
                         await r.aread()
-                        check(r)
+                        check(r)  # a 502/503/504 (API restarting, Redis away) is retried below
                     async for line in r.aiter_lines():
                         for event in decoder.feed(line):
                             failures = 0
@@ -110,7 +110,9 @@ class AsyncJobs:
                     yield event
                 if page.done:
                     return
-            except (httpx.TransportError, httpx.RemoteProtocolError) as exc:
+            except (httpx.TransportError, httpx.RemoteProtocolError, ServerError) as exc:
+                if isinstance(exc, ServerError) and exc.problem.status not in (502, 503, 504):
+                    raise
                 failures += 1
                 if failures > RECONNECT_LIMIT:
                     raise TransportError(str(exc)) from exc

@@ -10,7 +10,7 @@ import httpx
 from pydantic import PrivateAttr
 
 from ._base import TERMINAL, answer_for, budget_total, check, client_kwargs, idempotency_headers, spec_body
-from ._errors import Conflict, JobFailed, TransportError
+from ._errors import Conflict, JobFailed, ServerError, TransportError
 from ._progress import ProgressBar
 from ._sse import SSEDecoder
 from .models.events import EventPage, ProgressEvent, QueryEvent
@@ -94,8 +94,8 @@ class Jobs:
                 with self._c._http.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers,
                                              timeout=httpx.Timeout(30.0, read=None)) as r:
                     if not r.is_success:
-                        r.aread()
-                        check(r)
+                        r.read()
+                        check(r)  # a 502/503/504 (API restarting, Redis away) is retried below
                     for line in r.iter_lines():
                         for event in decoder.feed(line):
                             failures = 0
@@ -109,7 +109,9 @@ class Jobs:
                     yield event
                 if page.done:
                     return
-            except (httpx.TransportError, httpx.RemoteProtocolError) as exc:
+            except (httpx.TransportError, httpx.RemoteProtocolError, ServerError) as exc:
+                if isinstance(exc, ServerError) and exc.problem.status not in (502, 503, 504):
+                    raise
                 failures += 1
                 if failures > RECONNECT_LIMIT:
                     raise TransportError(str(exc)) from exc

@@ -53,6 +53,7 @@ def patch(schema: dict[str, Any]) -> None:
                 op.setdefault("security", [{"bearer": []}])
                 _add(responses, "401", "Missing, unknown or revoked key")
                 _add(responses, "429", "Over the key's rate limit (or the tenant's jobs in flight)", headers=RETRY_AFTER)
+                _add(responses, "503", "The job store (Redis) is unreachable; retry shortly", headers=RETRY_AFTER)
                 if "{" in path:
                     _add(responses, "404", "No such resource (or another tenant's)")
                 if "requestBody" in op:

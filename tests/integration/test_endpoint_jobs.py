@@ -136,9 +136,17 @@ def test_500_then_recovery_succeeds_and_nan_can_be_penalized(client: zoserve.Cli
 
 @pytest.mark.parametrize("url", ["http://169.254.169.254/latest/meta-data", "http://10.0.0.1/predict"])
 def test_refused_addresses(client: zoserve.Client, url: str) -> None:
-    job = _fault(client, url)
+    with pytest.raises(zoserve.Unprocessable, match="refused"):
+        _fault(client, url)  # the API refuses before anything is queued
+
+
+def test_redirect_to_metadata_is_refused_by_the_worker(client: zoserve.Client, model_server: RunningServer) -> None:
+    job = _fault(client, model_server.url + "/redirect?to=http://169.254.169.254/latest/meta-data")
     assert job.status.value == "failed"
-    assert "refus" in (job.error.detail or "").lower() or "not allowed" in (job.error.detail or "").lower(), job.error
+    assert "169.254.169.254" in (job.error.detail or "") and "refus" in (job.error.detail or "").lower(), job.error
+    ok = client.jobs.create({"algorithm": "zo-sgd", "objective": {"kind": "builtin", "function": "sphere", "dim": 3},
+                             "budget": {"max_steps": 5}}).wait()
+    assert ok.status.value == "succeeded"
 
 
 def test_api_refuses_metadata_urls_before_queueing(api_url: str) -> None:

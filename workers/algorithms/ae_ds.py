@@ -26,8 +26,8 @@ the paper's form; deliberate: the code's CGE is central, 2d). So a stage costs e
 :func:`stage_queries` = N·[ŷ] + epochs·N·m.
 
 Randomness comes only from ``step_generator(seed, ·, stream)``: the epoch's permutation
-(stream 1), the step's noise δ (stream 2) and RGE directions (stream 3); a stage resumed from
-``dump_state`` replays bit for bit.
+(stream 1), the step's noise δ (stream 2) and RGE directions (stream 3), each offset by 8 per
+stage; initial weights use stream 0. A stage resumed from ``dump_state`` replays bit for bit.
 """
 
 from __future__ import annotations
