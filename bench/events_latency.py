@@ -102,7 +102,8 @@ async def phase(api_url: str, redis_url: str, n_subs: int, n_events: int, rate: 
         lease = WorkerStore(r, lease_ttl=600, maxlen=200_000).acquire(job["id"], ticket)
         r.close()
         go = mp.get_context("fork").Event()
-        pub = mp.get_context("fork").Process(target=publish, args=(redis_url, job["id"], lease.token, n_events, rate, go))
+        pub = mp.get_context("fork").Process(target=publish, args=(redis_url, job["id"], lease.token, n_events, rate, go),
+                                             daemon=True)
         pub.start()
         lat: list[float] = []
         seen: list[int] = []

@@ -9,7 +9,7 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI
 
 from . import logs, metrics
-from .api.routes import datasets, events, health, jobs, queries
+from .api.routes import datasets, defenses, events, health, jobs, queries
 from .api import openapi
 from .api.routes import keys as api_keys
 from .embedded import EmbeddedRedis
@@ -47,6 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await app.state.store.aclose()  # stops the SSE fan-out reader before Redis closes
             await client.aclose()
             if embedded:
                 embedded.stop()
@@ -62,7 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     openapi.install(app)  # problem+json errors, Bearer auth and the limits' status codes in the spec
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)  # 413 problem over max_body_bytes
     app.include_router(api_keys.router)
-    for module in (jobs, queries, events, datasets, health):
+    for module in (jobs, queries, events, datasets, health, defenses):
         app.include_router(module.router)
     app.include_router(metrics.router)
     app.include_router(web_routes.router)  # /ui pages + the form's /v1 routes (service/web)

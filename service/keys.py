@@ -50,6 +50,11 @@ def idempotency(tenant: str, key: str) -> str:
     return f"{PREFIX}:idem:{tenant}:{key}"
 
 
+def artifact(job_id: str, name: str) -> str:
+    """Hash: one artifact of a finished job, fields ``data`` (bytes) and ``media_type``."""
+    return f"{PREFIX}:job:{job_id}:artifact:{name}"
+
+
 SEQUENCE = f"{PREFIX}:seq"
 WORKERS = f"{PREFIX}:workers"  # sorted set: worker name -> last heartbeat (unix seconds)
 CANCEL_CHANNEL = f"{PREFIX}:cancel"  # pub/sub: job ids whose cancel was requested

@@ -70,7 +70,7 @@ return 1
 # ARGV: ticket, lease ttl, now, running-event json, max consecutive crashes, job id
 # Returns {token, previous status} on success, or {code, info}: -1 no job, -2 terminal, -3 stale ticket (or a
 # waiting job: only an answer, with a new ticket, resumes it), -4 lease held by a live segment (info = its ttl),
-# -5 cancel requested (info = token to finish with), -6 the job's segments died too often in a row (info =
+# -5 cancel requested (info = token to finish with), -6 the job's segments died max-crashes times in a row (info =
 # "token|crashes"; the task fails the job). A segment that acquired and never released (``open`` still set)
 # crashed, stalled past its lease or was fenced out: each such one counts towards -6 until a release resets it.
 ACQUIRE = f"""
@@ -89,7 +89,7 @@ if open and open ~= '' then crashes = redis.call('HINCRBY', KEYS[3], 'crashes', 
 redis.call('HSET', KEYS[3], 'open', token)
 redis.call('SADD', KEYS[6], ARGV[6])
 if redis.call('HGET', KEYS[3], 'cancel_requested') == '1' then return {{-5, tostring(token)}} end
-if crashes > tonumber(ARGV[5]) then return {{-6, token .. '|' .. crashes}} end
+if crashes >= tonumber(ARGV[5]) then return {{-6, token .. '|' .. crashes}} end
 if st ~= 'running' then
   redis.call('HSET', KEYS[3], 'status', 'running', 'updated_at', ARGV[3])
   redis.call('XADD', KEYS[4], '*', 't', 'status', 'e', ARGV[4])

@@ -26,6 +26,7 @@ from pydantic import BaseModel
 from zoserve.models.jobs import JobStatus
 
 from . import keys, scripts
+from .fanout import EventHub
 from .records import body_hash, cancelled_problem, error_event, now_iso, reveal, status_event
 
 
@@ -55,6 +56,7 @@ class JobStore:
 
     def __init__(self, client: aioredis.Redis):
         self.r = client
+        self.hub = EventHub(client)  # live SSE rows: one XREAD per process, not per subscriber
         self._create = client.register_script(scripts.CREATE)
         self._cancel = client.register_script(scripts.CANCEL)
         self._answer = client.register_script(scripts.ANSWER)
@@ -129,6 +131,10 @@ class JobStore:
         if code == 1:
             await self.r.publish(keys.CANCEL_CHANNEL, job_id)
         return code
+
+    async def aclose(self) -> None:
+        """Stop background readers (before the Redis client closes)."""
+        await self.hub.aclose()
 
     async def read_events(self, job_id: str, after: str, count: int = 1000, block_ms: int | None = None) -> list[tuple[str, dict[str, Any]]]:
         """Events strictly after stream id ``after`` ("0" = from the start)."""

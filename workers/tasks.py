@@ -29,6 +29,7 @@ from zoserve.models.problems import Problem
 from .algorithms.checkpoint import dump_state, load_state
 from .algorithms.registry import build_algorithm
 from .celery_app import app, redis_url
+from .defense import DEFENSE, run_defense_segment
 from .federated import FEDERATED
 from .federated import start as start_federated
 from .jobstore import CancelListener, Lease, LeaseRefused, RedisSink, WorkerStore, connect
@@ -83,6 +84,8 @@ def execute_segment(task: Task, ctx: Context, lease: Lease) -> str:
     spec = job_create_adapter.validate_python(json.loads(h["spec"]))
     if spec.algorithm in FEDERATED:  # rounds run as Celery chords, not as runner segments
         return start_federated(lease)
+    if spec.algorithm in DEFENSE:  # ZO-AE-DS: staged training + certification, its own segment loop
+        return run_defense_segment(ctx, lease, h)
     try:
         algo = build_algorithm(spec.algorithm, spec.algorithm_hparams())
         objective = build_objective(spec.objective, spec.seed, ctx.settings)

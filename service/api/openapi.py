@@ -66,3 +66,26 @@ def patch(schema: dict[str, Any]) -> None:
                     response["content"] = PROBLEM_CONTENT
     for unused in ("HTTPValidationError", "ValidationError"):
         schemas.pop(unused, None)
+    _require_discriminators(schemas)
+
+
+def _require_discriminators(schemas: dict[str, Any]) -> None:
+    """A tag with a default (``kind: Literal["builtin"] = "builtin"``) is optional in pydantic's schema, but a
+    discriminated union needs it in the input: mark it required in every member of the union."""
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            disc = node.get("discriminator")
+            if isinstance(disc, dict):
+                for ref in disc.get("mapping", {}).values():
+                    member = schemas.get(ref.rsplit("/", 1)[-1], {})
+                    required = member.setdefault("required", [])
+                    if disc["propertyName"] not in required:
+                        required.insert(0, disc["propertyName"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(schemas)

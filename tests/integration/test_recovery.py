@@ -57,7 +57,7 @@ def test_dead_segment_is_revived_with_a_new_ticket_and_counted_until_poison(bare
     url, r = bare
     job_id, t0 = create(url)
     assert r.zscore(keys.OUTBOX, f"{job_id}|{t0}") is not None  # recorded with the job
-    store = WorkerStore(r, lease_ttl=1, maxlen=1000, max_crashes=1)
+    store = WorkerStore(r, lease_ttl=1, maxlen=1000, max_crashes=2)
     store.acquire(job_id, t0)
     assert r.zscore(keys.OUTBOX, f"{job_id}|{t0}") is None and r.sismember(keys.OPEN, job_id)
     assert store.revive(job_id) is None  # its lease is live: not dead yet
@@ -140,7 +140,7 @@ def test_poison_job_fails_after_n_crashes_and_others_flow(tmp_path: Path) -> Non
     with EmbeddedRedis(tmp_path / "redis") as server:
         r = redis.Redis.from_url(server.url)
         w = Worker(server.url, "poison", tmp_path / "worker.log", app="tests.support.poison_app", pool="prefork",
-                   ZOSERVE_LEASE_SECONDS="5", ZOSERVE_REAPER_SECONDS="1", ZOSERVE_SEGMENT_MAX_CRASHES="1",
+                   ZOSERVE_LEASE_SECONDS="5", ZOSERVE_REAPER_SECONDS="1", ZOSERVE_SEGMENT_MAX_CRASHES="2",
                    ZOSERVE_DATA_DIR=str(tmp_path / "data"))
         try:
             w.start()

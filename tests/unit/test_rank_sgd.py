@@ -334,7 +334,8 @@ def test_adaptive_converges_far_below_the_paper_floor(flip_prob: float) -> None:
     def finals(alg: ZORankSGD) -> list[float]:
         return [float(sphere(alg.x_of(run(alg, sphere, x0, s, 600, flip_prob)[0])[None])[0]) for s in range(3)]
 
-    adaptive = finals(ZORankSGD(m=10, k=5, **ZORankSGDConfig(step_adaptation="adaptive").hparams()))  # type: ignore[arg-type]
+    config = ZORankSGDConfig(step_adaptation="adaptive")
+    adaptive = finals(ZORankSGD(m=10, k=5, **config.hparams()))  # type: ignore[arg-type]
     paper = finals(ZORankSGD(m=10, k=5, **ZORankSGDConfig().hparams()))  # type: ignore[arg-type]
     assert max(adaptive) < 1e-25
     assert statistics.median(paper) > 1e-6  # sanity: the default keeps its floor
@@ -385,7 +386,8 @@ def test_config_and_objective_validation() -> None:
         ZORankSGDConfig(step_adaptation="adaptive", schedule="decay")
     with pytest.raises(ValidationError):
         ZORankSGDConfig(step_adaptation="adaptive", ls_candidates=3, adapt_center=3.5)
-    assert ZORankSGD(**ZORankSGDConfig(step_adaptation="adaptive").hparams()).adapt_center == 4.5  # type: ignore[arg-type]
+    adaptive = ZORankSGDConfig(step_adaptation="adaptive")
+    assert ZORankSGD(**adaptive.hparams()).adapt_center == 4.5  # type: ignore[arg-type]
     with pytest.raises(ValidationError):
         ZORankSGDConfig(m=10)  # type: ignore[call-arg]  # the oracle's shape belongs to the objective
     ok = RankingObjective(oracle="builtin", function="sphere", dim=100, m=10, k=5)

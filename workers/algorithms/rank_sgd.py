@@ -29,6 +29,8 @@ queries of a line-search step, median f ≈ 1e-3 over 5 seeds; see ``ZORankSGDCo
 l = m − 2 for m = 10), ``mu=0.01``. The line search makes the step length adaptive over a
 γ^(L−1) range, so it also works from f(x0) = 1e4, where fixed or decaying η stall.
 Fixed/decaying η need η ≈ 0.01–0.05 instead (``decay_steps=100``, ``decay_power=0.5``).
+``step_adaptation="adaptive"`` on the same problem: median f ≈ 3e-41 (γ = 0.5) or 2e-43
+(γ = 0.7, recommended with it); CMA-ES fed the same (10, 5) ranks reaches ≈ 8e-31.
 """
 
 from __future__ import annotations
@@ -236,8 +238,8 @@ class ZORankSGD:
         largest step (i = 0) grows η by γ^−c, a small one shrinks it. Keeping x (and, for
         "two-round", the best perturbed point) counts as i = L, one step below the smallest.
         The default c = (L + 1)/2 makes uniformly random picks (an oracle that cannot tell the
-        candidates apart, e.g. value noise) grow η slowly, γ^−½ per step, instead of collapsing
-        it, until the large steps are visibly worse again. μ_t = μ · η_t / η keeps the
+        candidates apart, e.g. value noise) grow η slowly, by γ^−½ per step on average, instead
+        of collapsing it, until the large steps are visibly worse again. μ_t = μ · η_t / η keeps the
         perturbations a fixed fraction of the step scale, so the estimate stays informative as
         x converges. Only picks drive it, so iterates stay invariant to increasing transforms.
         """

@@ -10,15 +10,17 @@ from typing import Annotated, Union
 from pydantic import BaseModel, Field
 
 from .algorithms import ZO_CONFIGS
+from .defense import ClassifierObjective, ZOAEDSConfig
 from .endpoint import EndpointObjective, MetricObjective
 from .federated import FEDERATED_CONFIGS, FederatedObjective
 from .objectives import BuiltinObjective, ClientObjective
 from .ranking import RankingObjective, ZORankSGDConfig
 
-ALGORITHM_CONFIGS: tuple[type[BaseModel], ...] = (*ZO_CONFIGS, ZORankSGDConfig, *FEDERATED_CONFIGS)
+ALGORITHM_CONFIGS: tuple[type[BaseModel], ...] = (*ZO_CONFIGS, ZORankSGDConfig, *FEDERATED_CONFIGS, ZOAEDSConfig)
 
 OBJECTIVE_SPECS: tuple[type[BaseModel], ...] = (
     BuiltinObjective, ClientObjective, EndpointObjective, MetricObjective, RankingObjective, FederatedObjective,
+    ClassifierObjective,
 )
 
 ObjectiveSpec = Annotated[Union[OBJECTIVE_SPECS], Field(discriminator="kind")]  # type: ignore[valid-type]

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .endpoint import EndpointObjective
 
 
 class ZOAEDSConfig(BaseModel):
@@ -82,3 +84,67 @@ class ZOAEDSConfig(BaseModel):
     def hparams(self) -> dict[str, object]:
         """Keyword arguments for ``workers.algorithms.ae_ds.AEDSConfig``."""
         return self.model_dump()
+
+
+class ClassifierObjective(BaseModel):
+    """A black-box image classifier behind an endpoint, and the images to robustify it on.
+
+    The worker only ever reads the endpoint's raw output rows (logits, or probabilities when
+    ``endpoint.scores`` says so) for flattened C·H·W inputs in [0, 1]; the endpoint's
+    ``output``/``targets``/``input_mode`` fields are not used (``input_mode`` must be 'direct').
+    Data: the bundled ``digits16`` set (scikit-learn digits upsampled to 1×16×16, stratified
+    67/33 split, seed 0). Uploaded image sets are not wired yet (issue 7 follow-up).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["classifier"] = "classifier"
+    endpoint: EndpointObjective = Field(description="The black box: one output row of num_classes scores per input.")
+    num_classes: int = Field(ge=2, le=10_000, description="Classes K of the black box's output rows.")
+    input_shape: list[int] = Field(min_length=3, max_length=3, description="One image's shape [C, H, W] (H, W even).")
+    data: Literal["digits16"] = Field("digits16", description="Training/certification images (bundled set only).")
+    n_train: int = Field(1203, ge=1, le=100_000, description="Training images used (the first n of the train split).")
+    n_test: int = Field(100, ge=1, le=10_000, description="Test images certified (the first n of the test split).")
+
+    @model_validator(mode="after")
+    def _check_shapes(self) -> "ClassifierObjective":
+        c, h, w = self.input_shape
+        if min(c, h, w) < 1 or h % 2 or w % 2:
+            raise ValueError(f"input_shape {self.input_shape}: positive C, even H and W required")
+        if self.data == "digits16" and self.input_shape != [1, 16, 16]:
+            raise ValueError("data 'digits16' has input_shape [1, 16, 16]")
+        if self.endpoint.input_mode != "direct":
+            raise ValueError("the classifier's endpoint must use input_mode 'direct'")
+        dim = self.endpoint.dim if self.endpoint.dim is not None else len(self.endpoint.base or ())
+        if dim != c * h * w:
+            raise ValueError(f"endpoint.dim {dim} must equal C·H·W = {c * h * w}")
+        return self
+
+
+class DefensePredictRequest(BaseModel):
+    """``POST /v1/defenses/{job_id}/predict``: one image through the trained front end and the black box."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: list[list[list[float]]] = Field(description="One image C×H×W, values in [0, 1].")
+    n: int | None = Field(None, ge=1, le=100_000, description="Noise samples N (default: the job's certify_n).")
+    alpha: float | None = Field(None, gt=0.0, lt=0.5, description="Failure probability α (default: the job's).")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seeds the Gaussian noise (same request, same answer).")
+
+    @model_validator(mode="after")
+    def _check_image(self) -> "DefensePredictRequest":
+        widths = {len(row) for plane in self.image for row in plane}
+        if not self.image or len({len(p) for p in self.image}) != 1 or len(widths) != 1:
+            raise ValueError("image must be a non-empty C×H×W array")
+        if any(not 0.0 <= v <= 1.0 for plane in self.image for row in plane for v in row):
+            raise ValueError("image values must lie in [0, 1]")
+        return self
+
+
+class DefensePrediction(BaseModel):
+    """CERTIFY (Cohen et al.) of the smoothed, defended classifier at one image."""
+
+    label: int | None = Field(description="The smoothed class, or null when it abstains.")
+    radius: float = Field(ge=0.0, description="Certified ℓ2 radius (0 when abstaining).")
+    p_lower: float = Field(description="Lower confidence bound on the top class's probability.")
+    queries: int = Field(description="Black-box queries spent (N0 + N).")

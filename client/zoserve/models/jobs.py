@@ -35,7 +35,8 @@ class JobStatus(str, enum.Enum):
 class Budget(BaseModel):
     """When to stop: whichever limit is reached first."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"anyOf": [{"required": ["max_queries"]},
+                                                                          {"required": ["max_steps"]}]})
 
     max_queries: int | None = Field(None, ge=1, le=10**10, description="Objective queries (oracle calls for rankings).")
     max_steps: int | None = Field(None, ge=1, le=10**8, description="Algorithm steps (one ask/tell each).")
@@ -73,6 +74,8 @@ class JobSpecBase(BaseModel):
         ranking_obj = getattr(self.objective, "kind", None) == "ranking"
         if ranking_algo != ranking_obj:
             raise ValueError("zo-ranksgd needs a 'ranking' objective, and a 'ranking' objective needs zo-ranksgd")
+        if (getattr(self, "algorithm", None) == "zo-ae-ds") != (getattr(self.objective, "kind", None) == "classifier"):
+            raise ValueError("zo-ae-ds needs a 'classifier' objective, and a 'classifier' objective needs zo-ae-ds")
         fed_algo = getattr(self, "algorithm", None) in ("fzoos", "fedzo")
         if fed_algo != (getattr(self.objective, "kind", None) == "federated"):
             raise ValueError("fzoos/fedzo need a 'federated' objective, and a 'federated' objective needs fzoos or fedzo")
@@ -80,7 +83,8 @@ class JobSpecBase(BaseModel):
             for i, c in enumerate(getattr(self.objective, "clients", None) or []):
                 from .catalog import OBJECTIVE_SPECS
 
-                kinds = {m.model_fields["kind"].default for m in OBJECTIVE_SPECS} - {"federated", "ranking", "client"}
+                kinds = {m.model_fields["kind"].default for m in OBJECTIVE_SPECS}
+                kinds -= {"federated", "ranking", "client", "classifier"}
                 if c.objective.get("kind") not in kinds:
                     raise ValueError(f"client {i}: objective kind must be one of {sorted(kinds)}")
                 _objective_adapter().validate_python(c.objective)

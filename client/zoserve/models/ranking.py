@@ -24,8 +24,10 @@ class ZORankSGDConfig(BaseModel):
     (median f ≈ 0.01 on the same problem with ``schedule="decay"``, ``lr=0.05``).
 
     ``step_adaptation="adaptive"`` is an opt-in deviation from the paper: η and μ follow the
-    line-search picks, so nothing puts a floor under f (same problem: median f ≈ 3e-41, where
-    CMA-ES fed the same ranks reaches ≈ 1e-30; see ``bench/ranksgd.py``).
+    line-search picks, so nothing puts a floor under f. Same problem: median f ≈ 3e-41, or
+    ≈ 2e-43 with ``gamma=0.7`` (recommended with "adaptive": the grid re-centres itself, so
+    resolution matters more than range), where CMA-ES fed the same ranks reaches ≈ 1e-30
+    (``bench/ranksgd.py``).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -65,7 +67,7 @@ class ZORankSGDConfig(BaseModel):
         "line-search pick i the base step becomes lr_t·γ^(i − adapt_center) (keeping x counts as i = L), and "
         "mu_t = mu·lr_t/lr, so the smallest trial step and the perturbation radius shrink with the iterate's "
         "progress; lr and mu are the starting values. Driven by the oracle's picks only (rank-invariant). "
-        "Requires schedule='linesearch'.",
+        "Requires schedule='linesearch'; gamma=0.7 is recommended with it.",
     )
     # Deviation from the paper (opt-in): used by step_adaptation="adaptive" only.
     adapt_center: float | None = Field(

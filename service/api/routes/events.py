@@ -3,11 +3,14 @@
 We use FastAPI's built-in SSE response class (``fastapi.sse``) rather than sse-starlette: one
 dependency fewer, and the route documents its event model in OpenAPI. The stream resumes exactly
 after ``Last-Event-ID`` (ids are Redis Stream ids), sends keep-alive comments while idle, and
-closes after the terminal event (``result`` or ``error``).
+closes after the terminal event (``result`` or ``error``). Live rows come from the process's
+:class:`~service.fanout.EventHub` (one XREAD for all subscribers), the backlog and any gap from
+``XRANGE``, so a resume is exact whatever the hub does.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -19,6 +22,7 @@ from starlette.responses import Response
 from zoserve.models.events import TERMINAL_TYPES, EventPage
 from zoserve.models.jobs import JobStatus
 
+from ...fanout import Subscription, sse_frame, stream_id
 from ...problems import Unprocessable
 from ...store import JobStore
 from ..deps import JobHashDep, StoreDep
@@ -63,25 +67,51 @@ def _valid_id(s: str) -> bool:
     return re.fullmatch(_STREAM_ID, s) is not None
 
 
-def _format(rid: str, kind: str, data: str) -> str:
-    return f"id: {rid}\nevent: {kind}\ndata: {data}\n\n"
-
-
 async def _stream(request: Request, store: JobStore, job_id: str, after: str) -> AsyncIterator[str]:
+    """Catch up from Redis (exact, per subscriber), then follow the process's EventHub.
+
+    A hub batch that starts after our position (we joined while the hub was ahead, or our
+    queue overflowed) sends us back to Redis for the gap; rows we already sent are dropped.
+    """
     yield "retry: 1000\n\n"
-    while True:
-        rows = await store.read_raw(job_id, after, count=500)
-        if not rows:
+    async with store.hub.subscribe(job_id) as sub:
+        while True:
+            sub.lagged = False  # whatever was dropped so far, the catch-up below reads
+            while True:  # catch-up: XRANGE strictly after ``after`` until nothing is left
+                rows = await store.read_raw(job_id, after, count=500)
+                if not rows:
+                    break
+                yield "".join(sse_frame(*row) for row in rows)
+                after = rows[-1][0]
+                if any(kind in TERMINAL_TYPES for _, kind, _ in rows):
+                    return
             status = await store.r.hget(f"zo:job:{job_id}", "status")
             if status is None or JobStatus(status.decode()).terminal:
                 return
-            rows = await store.read_raw(job_id, after, count=500, block_ms=KEEPALIVE_MS)
-            if not rows:
-                if await request.is_disconnected():
+            async for chunk, after, done in _follow(request, sub, after):
+                if chunk:
+                    yield chunk
+                if done:
                     return
-                yield ": keep-alive\n\n"
-                continue
-        yield "".join(_format(rid, kind, data) for rid, kind, data in rows)
-        after = rows[-1][0]
-        if any(kind in TERMINAL_TYPES for _, kind, _ in rows):
-            return
+
+
+async def _follow(request: Request, sub: Subscription, after: str) -> AsyncIterator[tuple[str, str, bool]]:
+    """Live rows from the hub as ``(sse text, new position, terminal?)``; returns on a gap."""
+    pos = stream_id(after)
+    while True:
+        try:
+            batch = await asyncio.wait_for(sub.queue.get(), KEEPALIVE_MS / 1000)
+        except asyncio.TimeoutError:
+            if await request.is_disconnected():
+                yield "", after, True
+                return
+            yield ": keep-alive\n\n", after, False
+            return  # re-check Redis every keep-alive: covers a hub that lost its connection
+        if sub.lagged or stream_id(batch.prev) > pos:
+            return  # a gap: the caller reads it from Redis
+        start = next((i for i, row in enumerate(batch.rows) if stream_id(row[0]) > pos), None)
+        if start is None:
+            continue  # already sent during a catch-up
+        rows = batch.rows[start:]
+        after, pos = rows[-1][0], stream_id(rows[-1][0])
+        yield "".join(batch.frames[start:]), after, any(kind in TERMINAL_TYPES for _, kind, _ in rows)

@@ -1,0 +1,152 @@
+"""EventHub: per-process fan-out of job event streams to SSE subscribers.
+
+Without it every SSE subscriber held its own ``XREAD BLOCK`` on the shared connection pool:
+each event woke every subscriber for three Redis round trips, and the 100th open stream took
+the pool's last connection, after which every request of the process failed with 503.
+
+The hub runs ONE reader task per API process. It issues one ``XREAD BLOCK`` over the streams of
+all watched jobs (one connection, whatever the number of subscribers or jobs), formats each new
+entry as an SSE frame once, and offers the batch to every subscriber's bounded queue.
+
+Exactness (``Last-Event-ID`` resume loses and repeats nothing) does not rest on the hub: every
+:class:`Batch` carries ``prev``, the reader's cursor before it. A subscriber whose own position
+is before ``prev`` (it joined while the reader was ahead, or its queue overflowed and a batch
+was dropped) reads the gap from Redis with ``XRANGE`` and drops rows it already sent. A new job
+is added to the reader's XREAD within ``block_ms``; its subscribers read everything before that
+from Redis, so joining only delays the first live rows, never loses them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+
+from . import keys
+
+log = logging.getLogger(__name__)
+Row = tuple[str, str, str]  # (stream id, event type, event json)
+
+
+def sse_frame(rid: str, kind: str, data: str) -> str:
+    """One SSE event: ``id`` is the stream id, ``event`` the type, ``data`` the JSON as stored."""
+    return f"id: {rid}\nevent: {kind}\ndata: {data}\n\n"
+
+
+def stream_id(rid: str) -> tuple[int, int]:
+    """A Redis Stream id as a comparable pair (``"0"`` and ``"5"`` mean ``5-0``)."""
+    ms, _, seq = rid.partition("-")
+    return int(ms), int(seq or 0)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """New entries of one job, in stream order, with their SSE frames and the cursor before them."""
+
+    prev: str
+    rows: tuple[Row, ...]
+    frames: tuple[str, ...]
+
+
+@dataclass(eq=False)
+class Subscription:
+    """One subscriber's queue of batches; ``lagged`` is set when a batch was dropped (queue full)."""
+
+    queue: asyncio.Queue[Batch]
+    lagged: bool = False
+
+    def offer(self, batch: Batch) -> None:
+        try:
+            self.queue.put_nowait(batch)
+        except asyncio.QueueFull:
+            self.lagged = True  # the subscriber re-reads the gap from Redis
+
+
+@dataclass(eq=False)
+class _Feed:
+    cursor: str | None = None  # last id the reader has seen; None until known
+    subs: set[Subscription] = field(default_factory=set)
+
+
+class EventHub:
+    """Fan-out of ``zo:job:{id}:events`` streams; one reader task per process, started lazily."""
+
+    def __init__(self, client: aioredis.Redis, block_ms: int = 200, queue_size: int = 1024, count: int = 500):
+        self._r, self.block_ms, self.queue_size, self.count = client, block_ms, queue_size, count
+        self._feeds: dict[str, _Feed] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @asynccontextmanager
+    async def subscribe(self, job_id: str) -> AsyncIterator[Subscription]:
+        """Receive every batch of ``job_id`` appended from about now on, until the block exits."""
+        sub = Subscription(asyncio.Queue(self.queue_size))
+        feed = self._feeds.get(job_id)
+        if feed is None:
+            feed = self._feeds[job_id] = _Feed()
+        feed.subs.add(sub)
+        try:
+            if feed.cursor is None:
+                last = await self._r.xrevrange(keys.events(job_id), count=1)
+                if feed.cursor is None:  # another subscriber may have set it meanwhile
+                    feed.cursor = last[0][0].decode() if last else "0-0"
+            self._ensure_reader()
+            yield sub
+        finally:
+            feed.subs.discard(sub)
+            if not feed.subs and self._feeds.get(job_id) is feed:
+                del self._feeds[job_id]
+
+    def watched(self) -> int:
+        """Jobs with at least one subscriber (for tests and metrics)."""
+        return len(self._feeds)
+
+    async def aclose(self) -> None:
+        """Stop the reader (the app's lifespan calls this before closing Redis)."""
+        if self._task is not None:
+            self._task.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def _ensure_reader(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="zoserve-event-hub")
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            jobs = {keys.events(j): j for j, f in self._feeds.items() if f.cursor is not None}
+            streams = {k: self._feeds[j].cursor for k, j in jobs.items()}
+            if not streams:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            try:
+                res = await self._r.xread(streams, count=self.count, block=self.block_ms)  # type: ignore[arg-type]
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - Redis restarting: subscribers poll on keep-alive; retry
+                log.warning("event hub: XREAD failed; retrying", exc_info=True)
+                await asyncio.sleep(0.5)
+                continue
+            for key, entries in res or []:
+                self._deliver(jobs[key.decode()], entries)
+
+    def _deliver(self, job_id: str, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+        feed = self._feeds.get(job_id)
+        if feed is None or feed.cursor is None:
+            return  # nobody is watching any more
+        floor = stream_id(feed.cursor)
+        rows = tuple((rid.decode(), f[b"t"].decode(), f[b"e"].decode()) for rid, f in entries)
+        rows = tuple(r for r in rows if stream_id(r[0]) > floor)  # a feed re-created mid-read
+        if not rows:
+            return
+        batch = Batch(feed.cursor, rows, tuple(sse_frame(*r) for r in rows))
+        feed.cursor = rows[-1][0]
+        for sub in feed.subs:
+            sub.offer(batch)
