@@ -40,6 +40,9 @@ openapi: $(VENV)/.installed
 
 bench: $(VENV)/.dev
 	$(PY) bench/overhead.py
+	$(PY) bench/engine.py
+	$(PY) bench/events_latency.py
+	$(PY) bench/api_load.py
 
 clean:
 	rm -rf .zoserve test-output bench/out build

@@ -6,6 +6,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from fastapi import FastAPI
 
 from . import logs, metrics
@@ -39,7 +43,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         logs.configure(settings)  # JSON lines if ZOSERVE_LOG_JSON (uvicorn has set up its loggers by now)
         url, embedded = resolve_redis_url(settings)
-        client = aioredis.Redis.from_url(url)
+        # A burst of more than max_connections concurrent commands waits for a connection instead of
+        # failing with "Too many connections" (redis-py's default pool raises at 100).
+        # retries (with backoff, ~2 s) ride out a Redis restart; past them a request is a 503, not a 500
+        client = aioredis.Redis.from_pool(aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=100, timeout=20, retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 6),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError]))
         app.state.settings = settings
         app.state.store = JobStore(client)
         app.state.celery = make_celery(settings, url)

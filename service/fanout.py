@@ -59,11 +59,14 @@ class Subscription:
     queue: asyncio.Queue[Batch]
     lagged: bool = False
 
-    def offer(self, batch: Batch) -> None:
+    def offer(self, batch: Batch) -> bool:
+        """Queue ``batch``; False (and ``lagged``) when the queue is full and it was dropped."""
         try:
             self.queue.put_nowait(batch)
+            return True
         except asyncio.QueueFull:
             self.lagged = True  # the subscriber re-reads the gap from Redis
+            return False
 
 
 @dataclass(eq=False)
@@ -78,6 +81,7 @@ class EventHub:
     def __init__(self, client: aioredis.Redis, block_ms: int = 200, queue_size: int = 1024, count: int = 500):
         self._r, self.block_ms, self.queue_size, self.count = client, block_ms, queue_size, count
         self._feeds: dict[str, _Feed] = {}
+        self.dropped = 0  # batches dropped on full queues (each one a gap read from Redis)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -149,4 +153,5 @@ class EventHub:
         batch = Batch(feed.cursor, rows, tuple(sse_frame(*r) for r in rows))
         feed.cursor = rows[-1][0]
         for sub in feed.subs:
-            sub.offer(batch)
+            if not sub.offer(batch):
+                self.dropped += 1

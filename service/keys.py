@@ -109,4 +109,5 @@ def tenant_active(tenant: str) -> str:
 APIKEYS = f"{PREFIX}:apikeys"  # sorted set: runtime key id -> creation time
 OUTBOX = f"{PREFIX}:outbox"  # sorted set: "job_id|ticket" -> when its segment is due to be sent (reaper re-sends)
 OPEN = f"{PREFIX}:open"  # set: job ids whose segment acquired a lease and has not released it yet
+ACTIVE = f"{PREFIX}:active"  # set: every job not known to be finished (the reaper prunes finished ones)
 JOB_PREFIX = f"{PREFIX}:job:"

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 TERMINAL = "st == 'succeeded' or st == 'failed' or st == 'cancelled'"
 
-# KEYS: idem (or a dummy), job, events, tenant_jobs, seq, tenant_active, outbox
+# KEYS: idem (or a dummy), job, events, tenant_jobs, seq, tenant_active, outbox, active
 # ARGV: job_id, body_hash ('' = no idempotency key), idem_ttl, first event json, max jobs in flight (0 = no
 #       limit), job-key prefix, outbox member, outbox score, field/value pairs...
 # Returns '' created, 'job_id|hash' of an earlier job with this Idempotency-Key, or '!quota:<n>' (n in flight).
 # The quota scan prunes terminal jobs from the tenant's active set (reads job hashes outside KEYS: one Redis,
 # not a cluster).
 CREATE = f"""
+if redis.call('EXISTS', KEYS[2]) == 1 then return '' end  -- a retry after a lost reply: already created
 if ARGV[2] ~= '' then
   local existing = redis.call('GET', KEYS[1])
   if existing then return existing end
@@ -35,6 +36,7 @@ redis.call('HSET', KEYS[2], 'seq', seq, unpack(ARGV, 9))
 redis.call('XADD', KEYS[3], '*', 't', 'status', 'e', ARGV[4])
 redis.call('ZADD', KEYS[4], seq, ARGV[1])
 redis.call('ZADD', KEYS[7], ARGV[8], ARGV[7])
+redis.call('SADD', KEYS[8], ARGV[1])
 return ''
 """
 

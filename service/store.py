@@ -11,6 +11,10 @@ Invariants (each enforced by one Lua script in ``scripts.py``):
 * A pending query is answered at most once, and only while it is the job's pending query.
 * Events are read in stream order; ids are Redis Stream ids, strictly increasing per job.
 * Every read and write is scoped by tenant: another tenant's job is "not found".
+* A tenant has at most ``max_jobs_in_flight`` unfinished jobs (counted in the create script).
+* Every new segment ticket (create, answer, continue, revival) is written with an outbox entry; the
+  sender removes it once the message is in the broker, the segment's lease removes it too, and a
+  worker's reaper re-sends entries whose sender died (``workers/reaper.py``).
 """
 
 from __future__ import annotations
@@ -82,7 +86,7 @@ class JobStore:
         idem = keys.idempotency(tenant, idem_key) if idem_key else keys.idempotency(tenant, "-")
         existing = await self._create(
             keys=[idem, keys.job(job_id), keys.events(job_id), keys.tenant_jobs(tenant), keys.SEQUENCE,
-                  keys.tenant_active(tenant), keys.OUTBOX],
+                  keys.tenant_active(tenant), keys.OUTBOX, keys.ACTIVE],
             args=[job_id, digest, keys.IDEMPOTENCY_TTL, status_event(JobStatus.queued), max_in_flight, keys.JOB_PREFIX,
                   outbox_member(job_id, fields["ticket"]), time.time(), *flat],
         )

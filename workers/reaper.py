@@ -14,8 +14,15 @@ Two ways a job can be left with no segment on its way, and what the reaper does 
   than one period are re-sent with the *same* ticket (``scripts.RESEND``), so a duplicate is
   harmless: whichever message comes second finds the ticket used and is skipped.
 
-Jobs that merely wait in a long queue are never touched: their message exists, their sender
-removed its outbox entry, and no segment holds or held their lease.
+* **A message vanished in the broker** (a worker SIGKILLed between kombu's ``BRPOP`` of the
+  message and its bookkeeping of it as unacknowledged; Redis losing its last second of AOF after
+  the sender had cleaned up): every ``STALL_EVERY`` sweeps, unfinished jobs that nothing holds
+  (no lease, no open segment, no outbox entry) and that have not moved for a while are looked up
+  in the broker's queues and unacknowledged messages; a ticket found nowhere goes back into the
+  outbox, which sends it.
+
+Jobs that merely wait in a long queue are never touched: their message exists (and is found), their
+sender removed its outbox entry, and no segment holds or held their lease.
 """
 
 from __future__ import annotations
@@ -23,16 +30,20 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from datetime import datetime
 
 import redis
 from celery import Celery
 
 from service import keys
-from service.queue import enqueue_segment
+from service.queue import QUEUES, enqueue_segment
 
 from .jobstore import WorkerStore
 
 log = logging.getLogger("zoserve.reaper")
+STALL_EVERY = 6  # sweeps between broker scans for vanished messages (they cost O(queue length))
+UNACKED = "unacked"  # kombu's Redis transport: hash delivery tag -> message held by a consumer
 
 
 class Reaper:
@@ -41,6 +52,7 @@ class Reaper:
     def __init__(self, store: WorkerStore, app: Celery, every: float):
         self.store, self.app, self.every = store, app, every
         self._stop = threading.Event()
+        self._sweeps = 0
 
     def start(self) -> "Reaper":
         threading.Thread(target=self._run, name="zoserve-reaper", daemon=True).start()
@@ -60,8 +72,10 @@ class Reaper:
                 log.exception("reaper sweep crashed")
 
     def sweep(self) -> dict[str, int]:
-        """Revive dead segments, re-send lost sends; returns how many of each."""
+        """Revive dead segments, re-send lost sends (and, every STALL_EVERY sweeps, vanished messages)."""
         revived = resent = 0
+        self._sweeps += 1
+        lost = self.find_vanished() if self._sweeps % STALL_EVERY == 1 else 0
         for raw in self.store.r.smembers(keys.OPEN):
             job_id = raw.decode()
             found = self.store.revive(job_id)
@@ -80,4 +94,46 @@ class Reaper:
                 self.store.sent(job_id, ticket)
                 log.warning("reaper: re-sent %s ticket %s (its sender died before sending)", job_id, ticket)
                 resent += 1
-        return {"revived": revived, "resent": resent}
+        return {"revived": revived, "resent": resent, "vanished": lost}
+
+    def find_vanished(self) -> int:
+        """Put unfinished jobs whose current segment message is nowhere into the outbox; returns how many."""
+        r = self.store.r
+        ids = [raw.decode() for raw in r.smembers(keys.ACTIVE)]
+        pipe = r.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hmget(keys.job(job_id), "status", "ticket", "open", "updated_at", "fed_round")
+            pipe.exists(keys.lease(job_id))
+        rows = pipe.execute()
+        now, suspects = time.time(), {}
+        for job_id, (status, ticket, open_, updated, fed), leased in zip(ids, rows[::2], rows[1::2]):
+            st = (status or b"").decode()
+            if st not in ("queued", "running", "waiting"):
+                r.srem(keys.ACTIVE, job_id)  # finished (or gone)
+            elif st != "waiting" and not leased and not open_ and fed is None and ticket and updated and \
+                    now - datetime.fromisoformat(updated.decode()).timestamp() > 2 * self.every and \
+                    r.zscore(keys.OUTBOX, f"{job_id}|{ticket.decode()}") is None:
+                suspects[ticket] = job_id  # federated jobs run as chords, not segments: never suspects
+        if suspects:
+            for chunk in self._broker_messages():
+                for ticket in [t for t in suspects if t in chunk]:
+                    del suspects[ticket]
+                if not suspects:
+                    break
+        for ticket, job_id in suspects.items():
+            r.zadd(keys.OUTBOX, {f"{job_id}|{ticket.decode()}": 0}, nx=True)  # due now: sent below
+            log.warning("reaper: the segment message of %s vanished from the broker; re-sending it", job_id)
+        return len(suspects)
+
+    def _broker_messages(self, chunk: int = 1000) -> Iterator[bytes]:
+        """The raw messages queued or held unacknowledged, a chunk at a time (tickets are unique hex)."""
+        r = self.store.r
+        for queue in QUEUES:
+            for start in range(0, int(r.llen(queue)), chunk):
+                yield b"\n".join(r.lrange(queue, start, start + chunk - 1))
+        cursor = 0
+        while True:
+            cursor, found = r.hscan(UNACKED, cursor, count=chunk)
+            yield b"\n".join(found.values())
+            if not cursor:
+                return

@@ -45,6 +45,8 @@ def test_defense_job_trains_certifies_and_predicts(client: zoserve.Client, api_u
     assert done.status.value == "succeeded", done.error
     assert done.result is not None and done.result.queries == PLANNED  # exactly the plan
     assert done.progress.step == 2 * 4 + 4 + 8  # AE 2 epochs + ZO 1 epoch (4 batches each) + 8 certified images
+    steps = [e.step for e in client.jobs.get(job.id).stream() if e.type == "progress"]
+    assert steps == list(range(1, 21))  # one event per step, in order, across checkpointed segments
     arts = {a.name: a for a in done.result.artifacts}
     assert set(arts) == {"frontend.safetensors", "certification.json", "certification.png"}
     with _http(api_url) as http:

@@ -117,14 +117,33 @@ def test_reaper_resends_a_lost_send_once_and_drops_stale_entries(bare: tuple[str
     r.hset(keys.job(rotated), "ticket", "newer")  # its segment ran and moved on; the entry is stale
     store = WorkerStore(r, lease_ttl=30, maxlen=1000)
     reaper = Reaper(store, celery, every=0.3)
-    assert reaper.sweep() == {"revived": 0, "resent": 0}  # too young: its sender may still be sending
+    assert reaper.sweep() == {"revived": 0, "resent": 0, "vanished": 0}  # too young: its sender may still be sending
     time.sleep(0.4)
-    assert reaper.sweep() == {"revived": 0, "resent": 1}
+    assert reaper.sweep() == {"revived": 0, "resent": 1, "vanished": 0}
     assert r.zcard(keys.OUTBOX) == 0
     messages = [json.loads(m) for m in r.lrange("cpu", 0, -1)]
     assert [(m["headers"]["task"], m["headers"]["argsrepr"]) for m in messages] == [(RUN_SEGMENT, repr([lost, ticket]))]
     time.sleep(0.4)
-    assert reaper.sweep() == {"revived": 0, "resent": 0}  # sent once
+    assert reaper.sweep() == {"revived": 0, "resent": 0, "vanished": 0}  # sent once
+
+
+def test_reaper_finds_a_message_that_vanished_from_the_broker(bare: tuple[str, redis.Redis], tmp_path: Path) -> None:
+    """A worker SIGKILLed between kombu's BRPOP and its unacked bookkeeping takes the message with it."""
+    url, r = bare
+    celery = make_celery(Settings(redis_url=url, data_dir=tmp_path), url)
+    (lost, t_lost), (queued, t_queued) = create(url), create(url)
+    for job_id, ticket in ((lost, t_lost), (queued, t_queued)):
+        r.zrem(keys.OUTBOX, f"{job_id}|{ticket}")  # both senders finished sending...
+        r.hset(keys.job(job_id), "updated_at", "2020-01-01T00:00:00+00:00")  # ...long ago
+    enqueue_segment(celery, queued, t_queued, None)  # but only this message is still in the broker
+    reaper = Reaper(WorkerStore(r, lease_ttl=30, maxlen=1000), celery, every=0.2)
+    assert reaper.sweep() == {"revived": 0, "resent": 1, "vanished": 1}
+    args = sorted(json.loads(m)["headers"]["argsrepr"] for m in r.lrange("cpu", 0, -1))
+    assert args == sorted([repr([lost, t_lost]), repr([queued, t_queued])])  # same ticket: a duplicate is harmless
+    assert reaper.find_vanished() == 0  # a job waiting in the queue is left alone
+    r.hset(keys.job(queued), "status", "succeeded")
+    reaper.find_vanished()
+    assert not r.sismember(keys.ACTIVE, queued) and r.sismember(keys.ACTIVE, lost)
 
 
 def test_lost_send_still_runs_on_the_live_stack(redis_server: EmbeddedRedis, worker: object) -> None:

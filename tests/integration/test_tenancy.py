@@ -13,9 +13,13 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+import redis
 from fastapi.routing import iter_route_contexts
 
+from service import keys
+
 from service.api.deps import get_tenant, require_admin
+from service.embedded import EmbeddedRedis
 from service.settings import Settings
 from tests.conftest import API_KEY, OTHER_KEY
 from tests.support.stack import wait_until
@@ -44,8 +48,8 @@ def routes(settings: Settings) -> list[tuple[str, str, str]]:
 
 
 @pytest.fixture(scope="module")
-def a_things(api_url: str) -> dict[str, str]:
-    """A's job (ranking, one query answered), its query and candidate, a dataset and a rater link."""
+def a_things(api_url: str, redis_server: EmbeddedRedis) -> dict[str, str]:
+    """A's job (ranking, one query answered), its query and candidate, an artifact, a dataset and a rater link."""
     with httpx.Client(base_url=api_url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30) as a:
         job = a.post("/v1/jobs", json={"algorithm": "zo-ranksgd", "name": f"{SECRET}-rank",
                                        "objective": {"kind": "ranking", "oracle": "human", "dim": 4, "m": 4, "k": 2},
@@ -59,8 +63,12 @@ def a_things(api_url: str) -> dict[str, str]:
         ds = a.post("/v1/datasets", params={"name": f"{SECRET}-data"}, content=buf.getvalue(),
                     headers={"Content-Type": "application/octet-stream"}).json()
         link = a.post(f"/v1/jobs/{job['id']}/rater-links", json={}).json()
+        artifact = "tenancy-probe.json"  # stored the way workers store artifacts (this job makes none)
+        redis.Redis.from_url(redis_server.url).hset(keys.artifact(job["id"], artifact),
+                                                    mapping={"data": b'{"secret": "' + SECRET.encode() + b'"}',
+                                                             "media_type": "application/json"})
         return {"job_id": job["id"], "query_id": q["id"], "candidate_id": ranking[0], "dataset_id": ds["id"],
-                "link_id": link["id"], "_ranking": ranking}  # type: ignore[dict-item]
+                "link_id": link["id"], "name": artifact, "_ranking": ranking}  # type: ignore[dict-item]
 
 
 def _request(api_url: str, key: str, method: str, path: str, body: Any = None) -> tuple[int, str]:

@@ -100,8 +100,12 @@ async def _follow(request: Request, sub: Subscription, after: str) -> AsyncItera
     pos = stream_id(after)
     while True:
         try:
-            batch = await asyncio.wait_for(sub.queue.get(), KEEPALIVE_MS / 1000)
-        except asyncio.TimeoutError:
+            if sub.queue.empty():  # asyncio.timeout, not wait_for: no task per wait (hot path)
+                async with asyncio.timeout(KEEPALIVE_MS / 1000):
+                    batch = await sub.queue.get()
+            else:
+                batch = sub.queue.get_nowait()
+        except TimeoutError:
             if await request.is_disconnected():
                 yield "", after, True
                 return
