@@ -151,6 +151,8 @@ def big_mlp(width: int = 912, depth: int = 12) -> nn.Module:
 class TinyLM(nn.Module):
     """A small causal transformer LM (pre-norm encoder layers with a causal mask)."""
 
+    mask: Tensor
+
     def __init__(self, vocab: int = 1000, dim: int = 256, layers: int = 4, heads: int = 4, ctx: int = 64) -> None:
         super().__init__()
         self.emb, self.pos = nn.Embedding(vocab, dim), nn.Embedding(ctx, dim)
@@ -162,7 +164,8 @@ class TinyLM(nn.Module):
     def forward(self, tokens: Tensor) -> Tensor:
         t = tokens.shape[1]
         h = self.emb(tokens) + self.pos(torch.arange(t, device=tokens.device))
-        return self.head(self.body(h, mask=self.mask[:t, :t], is_causal=True))
+        out: Tensor = self.head(self.body(h, mask=self.mask[:t, :t], is_causal=True))
+        return out
 
 
 def make_case(model_kind: str, device: str) -> tuple[nn.Module, Callable[[], Tensor], Callable[[], Tensor]]:
@@ -209,7 +212,7 @@ def run_case(model_kind: str, case: str, device: str) -> None:
     reset_peak_rss()  # import-time transients must not hide the case's own peak
     base = peak_rss_kb()
     if device == "cuda":
-        torch.cuda.init()
+        torch.cuda.init()  # type: ignore[no-untyped-call]
     model, forward, loss = make_case(model_kind, device)
     model.eval()
     n_params = sum(p.numel() for p in model.parameters())
@@ -225,7 +228,7 @@ def run_case(model_kind: str, case: str, device: str) -> None:
         MeZO(model, MeZOConfig(lr=1e-6, q=1)).step(loss).slopes.item()
     elif case == "backprop":
         opt = torch.optim.SGD(model.parameters(), lr=1e-6)
-        loss().backward()
+        loss().backward()  # type: ignore[no-untyped-call]
         opt.step()
     peak = peak_rss_kb()
     out = {"base_kb": base, "built_kb": built, "peak_kb": peak, "params": n_params}
@@ -327,10 +330,10 @@ def main() -> None:
     for kind in ("mlp", "lm"):
         rows = {case: measure(kind, case, dev, 1 if case == "backprop" or dev == "cuda" else reps, args.pin_mmap)
                 for case in ("forward", "mezo", "backprop")}
-        for case, r in rows.items():
-            ratio = r["total_mb"] / rows["forward"]["total_mb"]
-            mem[f"{kind}_{case}"] = {"mb": round(r["total_mb"], 1), "ratio": round(ratio, 3)}
-            print(f"  {kind:<6} {int(r['params']):>11,} {case:<9} {r['total_mb']:>9.1f} {r['weights_mb']:>11.1f} "
+        for case, row in rows.items():
+            ratio = row["total_mb"] / rows["forward"]["total_mb"]
+            mem[f"{kind}_{case}"] = {"mb": round(row["total_mb"], 1), "ratio": round(ratio, 3)}
+            print(f"  {kind:<6} {int(row['params']):>11,} {case:<9} {row['total_mb']:>9.1f} {row['weights_mb']:>11.1f} "
                   f"{ratio:>9.3f}×")
 
     lm = lm_speed(dev, rounds)

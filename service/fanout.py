@@ -23,6 +23,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 
@@ -30,6 +31,7 @@ from . import keys
 
 log = logging.getLogger(__name__)
 Row = tuple[str, str, str]  # (stream id, event type, event json)
+Entries = list[tuple[bytes, dict[bytes, bytes]]]
 
 
 def sse_frame(rid: str, kind: str, data: str) -> str:
@@ -97,7 +99,7 @@ class EventHub:
             if feed.cursor is None:
                 last = await self._r.xrevrange(keys.events(job_id), count=1)
                 if feed.cursor is None:  # another subscriber may have set it meanwhile
-                    feed.cursor = last[0][0].decode() if last else "0-0"
+                    feed.cursor = _text(last[0][0]) if last else "0-0"
             self._ensure_reader()
             yield sub
         finally:
@@ -138,10 +140,10 @@ class EventHub:
                 log.warning("event hub: XREAD failed; retrying", exc_info=True)
                 await asyncio.sleep(0.5)
                 continue
-            for key, entries in res or []:
-                self._deliver(jobs[key.decode()], entries)
+            for key, entries in cast(list[tuple[bytes, Entries]], res or []):
+                self._deliver(jobs[_text(key)], entries)
 
-    def _deliver(self, job_id: str, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+    def _deliver(self, job_id: str, entries: Entries) -> None:
         feed = self._feeds.get(job_id)
         if feed is None or feed.cursor is None:
             return  # nobody is watching any more
@@ -155,3 +157,7 @@ class EventHub:
         for sub in feed.subs:
             if not sub.offer(batch):
                 self.dropped += 1
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -15,7 +15,7 @@ from zoserve.models.problems import Problem
 from .problems import TooLarge, problem_response
 
 
-class BodyTooLarge(TooLarge, StarletteHTTPException):
+class BodyTooLarge(TooLarge, StarletteHTTPException):  # type: ignore[misc]
     """Raised from ``receive``; an HTTPException too, so FastAPI's body reader re-raises it as is
     (instead of a 400), and a ProblemError first in the MRO, so it renders as our 413 problem."""
 

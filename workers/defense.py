@@ -50,7 +50,7 @@ from .defense_plan import (
     stages,
 )
 from .jobstore import Lease, RedisSink
-from .objectives.base import ObjectiveError
+from .objectives.base import ObjectiveError, ObjectiveRefused
 from .objectives.endpoint import EndpointObjective
 from .runner import Outcome, SegmentResult, Signal, Tally, dumps, split_state
 
@@ -71,8 +71,30 @@ def _digits(seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 
 def data_of(objective: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(train images, train labels, test images, test labels), capped at n_train / n_test."""
-    x_tr, y_tr, x_te, y_te = _digits(0)  # objective.data == "digits16": the only source for now
+    x_tr, y_tr, x_te, y_te = _digits(0) if objective.dataset_id is None else _uploaded(objective)
     return x_tr[:objective.n_train], y_tr[:objective.n_train], x_te[:objective.n_test], y_te[:objective.n_test]
+
+
+def _uploaded(objective: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """An uploaded image set with labels: the last 20% are held out for certification (training
+    itself uses the black box's pseudo-labels, as the paper does)."""
+    import numpy as np
+    import redis
+
+    from .celery_app import redis_url
+    from .datasets import dataset_path
+    from .tasks import context
+
+    path = dataset_path(redis.Redis.from_url(redis_url()), context().settings.data_dir / "datasets", objective.dataset_id)
+    with np.load(path, allow_pickle=False) as npz:
+        images = torch.tensor(npz["images"], dtype=torch.float32)
+        if "labels" not in npz.files:
+            raise ObjectiveRefused("an uploaded image set needs 'labels' to certify accuracy")
+        labels = torch.tensor(npz["labels"], dtype=torch.long)
+    if tuple(images.shape[1:]) != tuple(objective.input_shape):
+        raise ObjectiveRefused(f"dataset images have shape {list(images.shape[1:])}, objective says {objective.input_shape}")
+    cut = int(round(0.8 * len(images)))
+    return images[:cut], labels[:cut], images[cut:], labels[cut:]
 
 
 def black_box(endpoint: EndpointObjective, loop: asyncio.AbstractEventLoop, probabilities: bool) -> ae_ds.BlackBox:

@@ -77,7 +77,7 @@ class Reaper:
         self._sweeps += 1
         lost = self.find_vanished() if self._sweeps % STALL_EVERY == 1 else 0
         for raw in self.store.r.smembers(keys.OPEN):
-            job_id = raw.decode()
+            job_id = raw.decode()  # type: ignore[union-attr]  # bytes: the client does not decode
             found = self.store.revive(job_id)
             if found is not None:
                 ticket, queue = found
@@ -87,9 +87,9 @@ class Reaper:
                 revived += 1
         due = self.store.r.zrangebyscore(keys.OUTBOX, "-inf", time.time() - self.every, start=0, num=500)
         for raw in due:
-            found = self.store.resend(raw.decode())
-            if found is not None:
-                job_id, ticket, queue = found
+            entry = self.store.resend(raw.decode())
+            if entry is not None:
+                job_id, ticket, queue = entry
                 enqueue_segment(self.app, job_id, ticket, queue)
                 self.store.sent(job_id, ticket)
                 log.warning("reaper: re-sent %s ticket %s (its sender died before sending)", job_id, ticket)

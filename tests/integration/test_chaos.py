@@ -96,6 +96,8 @@ def test_sigkilled_workers_lose_no_job_and_finish_none_twice(chaos_stack: tuple[
         "stale_deliveries_skipped": len(re.findall(r"skipped \(-3", logs)),
         "fenced_segments": len(re.findall(r"succeeded in [0-9.]+s: 'fenced'", logs)),
         "terminal_events": sum(sum(e["type"] in ("result", "error") for e in stream(r, j)) for j in ids),
+        "queries": sum((j.get("result") or {}).get("queries", 0) for j in jobs),
+        "queries_undisturbed": sum(want["queries"] for want, _ in references),
         "seconds": round(elapsed, 1),
     }
     print(f"\nchaos counts: {counts}\nkills at (s): {kills_at}")
@@ -112,3 +114,4 @@ def test_sigkilled_workers_lose_no_job_and_finish_none_twice(chaos_stack: tuple[
             bad[job_id] = problems
     assert not bad, bad
     assert counts["succeeded"] == counts["terminal_events"] == N_JOBS
+    assert counts["queries"] == counts["queries_undisturbed"]

@@ -103,3 +103,32 @@ def test_wire_model_pairs_algorithm_and_objective() -> None:
     spec["objective"]["input_shape"] = [1, 8, 8]
     with pytest.raises(ValueError, match="digits16"):
         job_create_adapter.validate_python(spec)
+
+
+def test_uploaded_image_set_is_validated_and_trains(client: zoserve.Client, api_url: str,
+                                                    black_box: RunningServer) -> None:
+    import io
+
+    import numpy as np
+
+    from workers.algorithms.digits import load_digits16
+
+    d = load_digits16(seed=0)
+    images = np.concatenate([d.x_train[:256].numpy(), d.x_test[:64].numpy()])
+    labels = np.concatenate([d.y_train[:256].numpy(), d.y_test[:64].numpy()])
+    with _http(api_url) as h:
+        def upload(**arrays: np.ndarray) -> httpx.Response:
+            buf = io.BytesIO()
+            np.savez(buf, **arrays)
+            return h.post("/v1/datasets", content=buf.getvalue(), headers={"Content-Type": "application/octet-stream"})
+
+        assert upload(images=images * 2.0, labels=labels).status_code == 422  # values outside [0, 1]
+        assert upload(images=images[:, 0]).status_code == 422  # not (N, C, H, W)
+        r = upload(images=images, labels=labels)
+        assert r.status_code == 201, r.text
+        ds = r.json()
+    assert ds["kind"] == "images" and ds["shape"] == [1, 16, 16] and ds["n"] == 320 and ds["classes"] == 10
+    spec = _spec(black_box.url, PLANNED)
+    spec["objective"] = {**spec["objective"], "dataset_id": ds["id"]}
+    job = client.jobs.create(spec).wait()
+    assert job.status.value == "succeeded" and job.result.queries == PLANNED

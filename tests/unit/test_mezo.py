@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -184,3 +189,14 @@ def test_cuda_step_never_syncs_with_the_host() -> None:
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert out.slopes.device.type == "cuda" and torch.isfinite(out.slopes).all()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message printed without CUDA")
+def test_engine_bench_exits_cleanly_when_cuda_is_absent() -> None:
+    bench = Path(__file__).resolve().parents[2] / "bench" / "engine.py"
+    out = subprocess.run([sys.executable, str(bench), "--device", "cuda"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert "CUDA is not available" in lines[0]
+    last = json.loads(lines[-1])
+    assert last["bench"] == "engine" and last["ratio"] is None and last["target"] == 1.1

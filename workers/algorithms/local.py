@@ -50,7 +50,7 @@ class ModuleLoss:
     def unflatten(self, x: Tensor) -> dict[str, Tensor]:
         """Views of ``x[..., :]`` shaped like each parameter (leading batch dims kept)."""
         lead = x.shape[:-1]
-        return {n: v.reshape(*lead, *s) for n, v, s in zip(self.names, x.split(self.sizes, -1), self.shapes)}
+        return {n: v.reshape(*lead, *s) for n, v, s in zip(self.names, torch.split(x, self.sizes, dim=-1), self.shapes)}
 
     def values(self, points: Tensor) -> Tensor:
         """``(n,)`` losses of the ``(n, d)`` points in one vectorised call (no grad)."""

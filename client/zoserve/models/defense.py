@@ -102,7 +102,10 @@ class ClassifierObjective(BaseModel):
     endpoint: EndpointObjective = Field(description="The black box: one output row of num_classes scores per input.")
     num_classes: int = Field(ge=2, le=10_000, description="Classes K of the black box's output rows.")
     input_shape: list[int] = Field(min_length=3, max_length=3, description="One image's shape [C, H, W] (H, W even).")
-    data: Literal["digits16"] = Field("digits16", description="Training/certification images (bundled set only).")
+    data: Literal["digits16"] | None = Field(None, description="Bundled training/certification images (the default).")
+    dataset_id: str | None = Field(None, max_length=64, pattern=r"^ds_[0-9a-f]+$",
+                                   description="An uploaded image set (.npz: images (N, C, H, W) in [0, 1] and labels (N,)); "
+                                               "the last 20% are held out for certification.")
     n_train: int = Field(1203, ge=1, le=100_000, description="Training images used (the first n of the train split).")
     n_test: int = Field(100, ge=1, le=10_000, description="Test images certified (the first n of the test split).")
 
@@ -111,6 +114,10 @@ class ClassifierObjective(BaseModel):
         c, h, w = self.input_shape
         if min(c, h, w) < 1 or h % 2 or w % 2:
             raise ValueError(f"input_shape {self.input_shape}: positive C, even H and W required")
+        if self.data is not None and self.dataset_id is not None:
+            raise ValueError("give data (bundled) or dataset_id (uploaded), not both")
+        if self.data is None and self.dataset_id is None:
+            self.data = "digits16"
         if self.data == "digits16" and self.input_shape != [1, 16, 16]:
             raise ValueError("data 'digits16' has input_shape [1, 16, 16]")
         if self.endpoint.input_mode != "direct":

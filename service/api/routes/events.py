@@ -22,7 +22,7 @@ from starlette.responses import Response
 from zoserve.models.events import TERMINAL_TYPES, EventPage
 from zoserve.models.jobs import JobStatus
 
-from ...fanout import Subscription, sse_frame, stream_id
+from ...fanout import Subscription, _text, sse_frame, stream_id
 from ...problems import Unprocessable
 from ...store import JobStore
 from ..deps import JobHashDep, StoreDep
@@ -86,7 +86,7 @@ async def _stream(request: Request, store: JobStore, job_id: str, after: str) ->
                 if any(kind in TERMINAL_TYPES for _, kind, _ in rows):
                     return
             status = await store.r.hget(f"zo:job:{job_id}", "status")
-            if status is None or JobStatus(status.decode()).terminal:
+            if status is None or JobStatus(_text(status)).terminal:
                 return
             async for chunk, after, done in _follow(request, sub, after):
                 if chunk:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Path, Response
 
 from zoserve.models.keys import ApiKey, ApiKeyCreate, ApiKeyInfo, ApiKeyPage
@@ -11,7 +13,7 @@ from ...security import create_key, list_keys, revoke_key
 from ..deps import AdminDep, StoreDep
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"], dependencies=[AdminDep])
-ADMIN_RESPONSES = {401: {"description": "No key"}, 403: {"description": "Not the admin key"}}
+ADMIN_RESPONSES: dict[int | str, dict[str, Any]] = {401: {"description": "No key"}, 403: {"description": "Not the admin key"}}
 
 
 def _info(rec: dict[str, str]) -> dict[str, str | None]:
