@@ -27,6 +27,8 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 
+from zoserve.models.events import TERMINAL_TYPES
+
 from . import keys
 
 log = logging.getLogger(__name__)
@@ -47,11 +49,17 @@ def stream_id(rid: str) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class Batch:
-    """New entries of one job, in stream order, with their SSE frames and the cursor before them."""
+    """New entries of one job, in stream order, with their SSE frames and the cursor before them.
+
+    Everything a subscriber compares is computed once here, not once per subscriber.
+    """
 
     prev: str
     rows: tuple[Row, ...]
     frames: tuple[str, ...]
+    prev_key: tuple[int, int] = (0, 0)
+    keys: tuple[tuple[int, int], ...] = ()
+    terminal: bool = False
 
 
 @dataclass(eq=False)
@@ -152,7 +160,8 @@ class EventHub:
         rows = tuple(r for r in rows if stream_id(r[0]) > floor)  # a feed re-created mid-read
         if not rows:
             return
-        batch = Batch(feed.cursor, rows, tuple(sse_frame(*r) for r in rows))
+        batch = Batch(feed.cursor, rows, tuple(sse_frame(*r) for r in rows), floor,
+                      tuple(stream_id(r[0]) for r in rows), any(r[1] in TERMINAL_TYPES for r in rows))
         feed.cursor = rows[-1][0]
         for sub in feed.subs:
             if not sub.offer(batch):

@@ -111,11 +111,10 @@ async def _follow(request: Request, sub: Subscription, after: str) -> AsyncItera
                 return
             yield ": keep-alive\n\n", after, False
             return  # re-check Redis every keep-alive: covers a hub that lost its connection
-        if sub.lagged or stream_id(batch.prev) > pos:
+        if sub.lagged or batch.prev_key > pos:
             return  # a gap: the caller reads it from Redis
-        start = next((i for i, row in enumerate(batch.rows) if stream_id(row[0]) > pos), None)
+        start = next((i for i, key in enumerate(batch.keys) if key > pos), None)
         if start is None:
             continue  # already sent during a catch-up
-        rows = batch.rows[start:]
-        after, pos = rows[-1][0], stream_id(rows[-1][0])
-        yield "".join(batch.frames[start:]), after, any(kind in TERMINAL_TYPES for _, kind, _ in rows)
+        after, pos = batch.rows[-1][0], batch.keys[-1]
+        yield ("".join(batch.frames[start:]) if start else "".join(batch.frames)), after, batch.terminal
