@@ -21,7 +21,7 @@ from service import keys, scripts
 from service.metrics import LatencyRecorder, push_latency
 from service.records import now_iso, status_event
 
-from .runner import Signal, Tally, dumps
+from .runner import Signal, Tally, dumps, wire_event
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ class WorkerStore:
         op = {"hset": {"updated_at": now_iso(), **(hset or {})}, "queries": queries or {},
               "release": release, "lease_ttl": self.lease_ttl, "maxlen": self.maxlen, "cid": uuid.uuid4().hex,
               "job": job_id, "outbox": f"{job_id}|{outbox}" if outbox else "", "due": time.time() + due_in}
-        flat = [part for pair in events for part in pair]
+        flat = [part if isinstance(part, str) else wire_event(part) for pair in events for part in pair]
         return int(self._commit(keys=[keys.fence(job_id), keys.lease(job_id), keys.job(job_id), keys.events(job_id),
                                       keys.checkpoint(job_id), keys.queries(job_id), keys.OUTBOX, keys.OPEN],
                                 args=[token, json.dumps(op), ckpt or b"", *flat]))
@@ -128,7 +128,7 @@ class RedisSink:
 
     def __init__(self, store: WorkerStore, lease: Lease, cancel_flags: "CancelListener | None" = None):
         self.store, self.lease, self.cancel_flags = store, lease, cancel_flags
-        self.buffer: list[tuple[str, str]] = []
+        self.buffer: list[tuple[str, Any]] = []  # (type, event dict or JSON)
         self._cancel = False
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zoserve-flush")
         self._inflight: Future[int] | None = None
@@ -146,7 +146,7 @@ class RedisSink:
                 pass
 
     def progress(self, event: dict[str, Any]) -> None:
-        self.buffer.append(("progress", dumps(event)))
+        self.buffer.append(("progress", event))  # serialised by the flush thread, off the step loop
 
     def flush(self, tally: Tally) -> Signal:
         if self._inflight is not None and not self._inflight.done():

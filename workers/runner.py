@@ -134,7 +134,16 @@ def _record(tally: Tally, algo: Algorithm, state: dict[str, Any], ev: Evaluation
 
 
 def _event(tally: Tally, extra: dict[str, float]) -> dict[str, Any]:
-    return {"type": "progress", "time": datetime.now(timezone.utc).isoformat(), **tally.progress(), "extra": extra}
+    """A progress event; ``time`` is a unix float here, formatted by :func:`wire_event` off the step loop."""
+    return {"type": "progress", "time": time.time(), **tally.progress(), "extra": extra}
+
+
+def wire_event(event: dict[str, Any]) -> str:
+    """An event dict as stored JSON (ISO-8601 time)."""
+    t = event.get("time")
+    if isinstance(t, float):
+        event = {**event, "time": datetime.fromtimestamp(t, timezone.utc).isoformat()}
+    return dumps(event)
 
 
 async def run_segment(algo: Algorithm, state: dict[str, Any], objective: Objective, sink: Sink, limits: Limits,
@@ -175,9 +184,6 @@ async def run_segment(algo: Algorithm, state: dict[str, Any], objective: Objecti
     while True:
         if sink.cancelled():
             return result(Outcome.CANCELLED, "cancelled")
-        reason = budget_reason(tally, limits)
-        if reason:
-            return result(Outcome.DONE, reason)
         now = time.monotonic()
         if now - t0 >= limits.segment_seconds:
             return result(Outcome.CONTINUE, "time slice used")
@@ -195,8 +201,8 @@ async def run_segment(algo: Algorithm, state: dict[str, Any], objective: Objecti
         if observe is not None:
             observe(time.perf_counter() - t_eval, ev.queries)
         told(query, ev)
-        if time.monotonic() - last_flush >= limits.flush_seconds:
-            last_flush = time.monotonic()
+        if now - last_flush >= limits.flush_seconds:
+            last_flush = now
             signal = sink.flush(tally)
             if signal is Signal.FENCED:
                 return result(Outcome.FENCED, "a newer segment owns the job")
