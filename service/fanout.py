@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -92,6 +92,7 @@ class EventHub:
         self._r, self.block_ms, self.queue_size, self.count = client, block_ms, queue_size, count
         self._feeds: dict[str, _Feed] = {}
         self.dropped = 0  # batches dropped on full queues (each one a gap read from Redis)
+        self._closing = False
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -120,20 +121,27 @@ class EventHub:
         return len(self._feeds)
 
     async def aclose(self) -> None:
-        """Stop the reader (the app's lifespan calls this before closing Redis)."""
-        if self._task is not None:
-            self._task.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        """Stop the reader (the app's lifespan calls this before closing Redis).
+
+        The loop also checks a flag: a cancellation that lands while redis-py is inside a
+        command can be absorbed by it, and the reader must stop all the same.
+        """
+        self._closing = True
+        self._wake.set()
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait({task}, timeout=5)
 
     def _ensure_reader(self) -> None:
+        if self._closing:
+            raise RuntimeError("the event hub is closed")
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name="zoserve-event-hub")
         self._wake.set()
 
     async def _run(self) -> None:
-        while True:
+        while not self._closing:
             jobs = {keys.events(j): j for j, f in self._feeds.items() if f.cursor is not None}
             streams = {k: self._feeds[j].cursor for k, j in jobs.items()}
             if not streams:

@@ -12,23 +12,11 @@ from pydantic import BaseModel, SecretStr
 from zoserve.models.events import ErrorEvent, StatusEvent
 from zoserve.models.jobs import Job, JobStatus
 from zoserve.models.problems import Problem
+from zoserve.models.secrets import reveal
 
 
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat()
-
-
-def reveal(value: Any) -> Any:
-    """A JSON-able copy of ``value`` with secrets revealed (stored for the worker only)."""
-    if isinstance(value, SecretStr):
-        return value.get_secret_value()
-    if isinstance(value, BaseModel):
-        return {k: reveal(getattr(value, k)) for k in type(value).model_fields}
-    if isinstance(value, dict):
-        return {k: reveal(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [reveal(v) for v in value]
-    return json.loads(json.dumps(value, default=str)) if not isinstance(value, (str, int, float, bool, type(None))) else value
 
 
 def body_hash(spec: BaseModel) -> str:

@@ -13,6 +13,7 @@ from ._errors import error_for
 from .models.jobs import Job as JobRecord
 from .models.jobs import JobStatus, job_create_adapter
 from .models.queries import PendingQuery
+from .models.secrets import reveal
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 TERMINAL = {JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled}
@@ -29,9 +30,14 @@ def client_kwargs(base_url: str | None, api_key: str | None, timeout: float) -> 
 
 
 def spec_body(spec: Any) -> dict[str, Any]:
-    """Validate a job spec locally (most 422s never leave the machine) and return its JSON body."""
-    model = spec if isinstance(spec, BaseModel) else job_create_adapter.validate_python(spec)
-    return job_create_adapter.dump_python(model, mode="json", exclude_none=True, context={"reveal": True})
+    """Validate a job spec locally (most 422s never leave the machine) and return its JSON body.
+
+    Secrets (auth headers) are sent as given: a dict goes as it is, a model with its secrets revealed.
+    """
+    if isinstance(spec, BaseModel):
+        return reveal(spec)  # type: ignore[no-any-return]
+    job_create_adapter.validate_python(spec)
+    return dict(spec)
 
 
 def idempotency_headers(key: str | None) -> dict[str, str]:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import torch
+from fastapi import FastAPI, Request
 
 import zoserve
+from tests.support.model_server import serve
 from tests.support.stack import wait_until
 from workers.objectives.builtin import sphere
 
@@ -54,3 +56,27 @@ def test_human_job_waits_without_holding_a_worker(client: zoserve.Client) -> Non
     client.jobs.answer(human.id, q.id, ranking=ids[:5])
     nxt = wait_until(lambda: [p for p in client.jobs.queries(human.id, "pending") if p.id != q.id])[0]
     assert nxt.step == 2
+
+
+def test_endpoint_oracle_ranks_by_a_scoring_service(client: zoserve.Client) -> None:
+    """A reward service on 127.0.0.1 scores candidates (higher is better); secrets never echo."""
+    app = FastAPI()
+    seen: list[str] = []
+
+    @app.post("/score")
+    async def score(request: Request) -> dict:
+        seen.append(request.headers.get("authorization", ""))
+        rows = (await request.json())["inputs"]
+        return {"outputs": [-float(sum(v * v for v in r)) for r in rows]}  # reward = −‖x‖²
+
+    with serve(app) as server:
+        spec = {**RANK, "objective": {"kind": "ranking", "oracle": "endpoint", "url": server.url + "/score",
+                                      "headers": {"Authorization": "Bearer reward-secret"}, "dim": 100, "m": 10, "k": 5,
+                                      "x0": 1.0}, "budget": {"max_queries": 300}}
+        job = client.jobs.create(spec)
+        assert job.spec["objective"]["headers"] == {"Authorization": "**********"}
+        done = job.wait()
+    assert seen and all(h == "Bearer reward-secret" for h in seen)
+    x = torch.tensor(done.result.x_best, dtype=torch.float64)
+    assert float(sphere(x)) < 50.0  # from 100, by rankings of a reward model alone
+    assert done.progress.queries == 300

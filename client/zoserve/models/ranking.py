@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
+from pydantic import SecretStr, BaseModel, ConfigDict, Field, HttpUrl, model_validator
 
 from zoserve.models.objectives import BuiltinFunction
 
@@ -113,8 +113,8 @@ class RankingObjective(BaseModel):
     noise: float = Field(0.0, ge=0.0, le=1e6, description="'builtin': std of Gaussian noise added before ranking.")
     flip_prob: float = Field(0.0, ge=0.0, le=0.5, description="'builtin': probability of swapping each adjacent pair.")
     url: HttpUrl | None = Field(None, description="'endpoint': where candidate batches are POSTed for ranking.")
-    headers: dict[Annotated[str, Field(max_length=128)], Annotated[str, Field(max_length=8192)]] = Field(
-        default_factory=dict, max_length=20, description="'endpoint': extra request headers."
+    headers: dict[Annotated[str, Field(max_length=128)], Annotated[SecretStr, Field(max_length=8192)]] = Field(
+        default_factory=dict, max_length=20, description="'endpoint': extra request headers (auth); never echoed."
     )
     render: Literal["vector", "palette", "curve", "image"] | None = Field(
         None, description="How the web form displays a candidate vector (None: the service picks by dim)."
