@@ -5,7 +5,9 @@ connections) POSTs ``/v1/jobs`` — validation, the CREATE Lua script, the job r
 Celery enqueue (a real broker publish into the embedded Redis; no worker consumes it) — against
 ``uvicorn --workers N --factory service.app:create_app`` (auth disabled, so no rate limit; the
 per-tenant quota of unfinished jobs is lifted, as nothing finishes them). Every run is bounded by
-``--requests`` and ``--seconds``, after a warm-up, on a fresh Redis per worker count.
+``--requests`` and ``--seconds``, after a warm-up. Both servers (each with its own embedded
+Redis) are up at once and loaded in turn, in ``--rounds`` alternating rounds, so the slow spells
+of a shared machine fall on both sides; rates and latencies are pooled over the rounds.
 
 Two load generators run against the same servers:
 
@@ -30,6 +32,7 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import ExitStack
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -109,38 +112,55 @@ async def load(url: str, kind: str, concurrency: int, requests: int, seconds: fl
     if codes:
         print(f"  non-201 answers ({kind}): {codes}", file=sys.stderr)
     return {"requests": len(lat), "errors": sum(codes.values()), "seconds": wall, "rps": len(lat) / wall,
-            "p50_ms": percentile(lat, 50) * 1e3, "p99_ms": percentile(lat, 99) * 1e3}
+            "p50_ms": percentile(lat, 50) * 1e3, "p99_ms": percentile(lat, 99) * 1e3, "latencies": lat}  # type: ignore[dict-item]
 
 
-def run(workers: int, args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    """Both generators against one server with ``workers`` processes (after an httpx warm-up)."""
+def run(args: argparse.Namespace) -> dict[tuple[int, str], dict[str, float]]:
+    """Both servers (1 and 2 workers) up at once, loaded in turn for ``--rounds`` alternating rounds,
+    so slow spells of this shared machine hit both; returns pooled figures per (workers, client)."""
+    lat: dict[tuple[int, str], list[float]] = {}
+    tally: dict[tuple[int, str], list[float]] = {}
     # no worker drains the queue, so every job stays in flight: lift the per-tenant quota (429s otherwise)
-    with redis_and_api(workers=workers, ZOSERVE_MAX_JOBS_IN_FLIGHT="0") as (_, url, _tmp):
-        asyncio.run(load(url, "httpx", args.concurrency, args.warmup, 30))  # imports, pools, caches
-        return {kind: asyncio.run(load(url, kind, args.concurrency, args.requests, args.seconds))
-                for kind in ("raw", "httpx")}
+    with ExitStack() as stack:
+        urls = {w: stack.enter_context(redis_and_api(workers=w, ZOSERVE_MAX_JOBS_IN_FLIGHT="0"))[1] for w in (1, 2)}
+        for url in urls.values():
+            asyncio.run(load(url, "httpx", args.concurrency, args.warmup, 30))  # imports, pools, caches
+        for _ in range(args.rounds):
+            for w, url in urls.items():
+                for kind in ("raw", "httpx"):
+                    r = asyncio.run(load(url, kind, args.concurrency, args.requests, args.seconds))
+                    lat.setdefault((w, kind), []).extend(r.pop("latencies"))  # type: ignore[arg-type]
+                    t = tally.setdefault((w, kind), [0.0, 0.0, 0.0])
+                    t[0], t[1], t[2] = t[0] + r["requests"], t[1] + r["errors"], t[2] + r["seconds"]
+    out = {}
+    for key, (n, errors, secs) in tally.items():
+        ls = sorted(lat[key])
+        out[key] = {"requests": n, "errors": errors, "rps": n / secs,
+                    "p50_ms": percentile(ls, 50) * 1e3, "p99_ms": percentile(ls, 99) * 1e3}
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--concurrency", type=int, default=32)
-    ap.add_argument("--requests", type=int, default=5000)
-    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--requests", type=int, default=3000, help="per run (one client, one server, one round)")
+    ap.add_argument("--seconds", type=float, default=3.0, help="per run")
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=300)
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     if args.quick:
-        args.requests, args.seconds, args.warmup = 1000, 4.0, 100
-    res = {1: run(1, args), 2: run(2, args)}
+        args.requests, args.seconds, args.warmup, args.rounds = 1000, 2.0, 100, 1
+    res = run(args)
     print(f"job create (POST /v1/jobs → 201, Celery enqueue included), loopback, {args.concurrency} in flight, "
           f"{os.cpu_count()} CPUs shared by the load generator, the API and Redis")
     print(f"  {'client':<6} {'workers':>7} {'requests':>8} {'errors':>6} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
     for kind in ("raw", "httpx"):
         for w in (1, 2):
-            r = res[w][kind]
+            r = res[(w, kind)]
             print(f"  {kind:<6} {w:>7} {r['requests']:>8} {r['errors']:>6} {r['rps']:>8.1f} {r['p50_ms']:>8.2f} "
                   f"{r['p99_ms']:>8.2f}")
-    raw, hx = (res[1]["raw"], res[2]["raw"]), (res[1]["httpx"], res[2]["httpx"])
+    raw, hx = (res[(1, "raw")], res[(2, "raw")]), (res[(1, "httpx")], res[(2, "httpx")])
     print(json.dumps({"bench": "api_load", "ratio": round(raw[1]["rps"] / raw[0]["rps"], 4), "target": TARGET,
                       "ratio_httpx": round(hx[1]["rps"] / hx[0]["rps"], 4),
                       "rps_1": round(raw[0]["rps"], 1), "rps_2": round(raw[1]["rps"], 1),
@@ -148,8 +168,8 @@ def main() -> None:
                       "p50_ms_2": round(raw[1]["p50_ms"], 2), "p99_ms_2": round(raw[1]["p99_ms"], 2),
                       "rps_httpx_1": round(hx[0]["rps"], 1), "rps_httpx_2": round(hx[1]["rps"], 1),
                       "p99_ms_httpx_1": round(hx[0]["p99_ms"], 2), "p99_ms_httpx_2": round(hx[1]["p99_ms"], 2),
-                      "errors": sum(r["errors"] for w in res.values() for r in w.values()),
-                      "concurrency": args.concurrency, "cpus": os.cpu_count()}))
+                      "errors": sum(r["errors"] for r in res.values()), "concurrency": args.concurrency,
+                      "rounds": args.rounds, "seconds_per_run": args.seconds, "cpus": os.cpu_count()}))
 
 
 if __name__ == "__main__":

@@ -12,14 +12,16 @@ Exactness (``Last-Event-ID`` resume loses and repeats nothing) does not rest on 
 :class:`Batch` carries ``prev``, the reader's cursor before it. A subscriber whose own position
 is before ``prev`` (it joined while the reader was ahead, or its queue overflowed and a batch
 was dropped) reads the gap from Redis with ``XRANGE`` and drops rows it already sent. A new job
-is added to the reader's XREAD within ``block_ms``; its subscribers read everything before that
-from Redis, so joining only delays the first live rows, never loses them.
+(its first subscriber appends to the process's own wake stream, which the blocked XREAD also
+reads, so it returns and re-reads with the new key at once); its subscribers read everything
+before that from Redis, so joining never loses rows.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -88,12 +90,14 @@ class _Feed:
 class EventHub:
     """Fan-out of ``zo:job:{id}:events`` streams; one reader task per process, started lazily."""
 
-    def __init__(self, client: aioredis.Redis, block_ms: int = 200, queue_size: int = 1024, count: int = 500):
+    def __init__(self, client: aioredis.Redis, block_ms: int = 5000, queue_size: int = 1024, count: int = 500):
         self._r, self.block_ms, self.queue_size, self.count = client, block_ms, queue_size, count
         self._feeds: dict[str, _Feed] = {}
         self.dropped = 0  # batches dropped on full queues (each one a gap read from Redis)
         self._closing = False
-        self._wake = asyncio.Event()
+        self._wake = asyncio.Event()  # in-process: the reader idles on it while nothing is watched
+        self._wake_key, self._wake_cursor = keys.hub_wake(uuid.uuid4().hex), "0-0"  # in Redis: interrupts XREAD
+        self._in_xread = False
         self._task: asyncio.Task[None] | None = None
 
     @asynccontextmanager
@@ -109,6 +113,8 @@ class EventHub:
                 last = await self._r.xrevrange(keys.events(job_id), count=1)
                 if feed.cursor is None:  # another subscriber may have set it meanwhile
                     feed.cursor = _text(last[0][0]) if last else "0-0"
+                    if self._in_xread:  # the reader is blocked on the other jobs: make it re-read
+                        await self._poke()
             self._ensure_reader()
             yield sub
         finally:
@@ -132,6 +138,16 @@ class EventHub:
         if task is not None:
             task.cancel()
             await asyncio.wait({task}, timeout=5)
+        try:
+            await self._r.delete(self._wake_key)
+        except Exception:  # noqa: BLE001 - best effort; the key expires anyway
+            pass
+
+    async def _poke(self) -> None:
+        async with self._r.pipeline(transaction=False) as pipe:
+            pipe.xadd(self._wake_key, {"w": "1"}, maxlen=8, approximate=True)
+            pipe.expire(self._wake_key, 3600)
+            await pipe.execute()
 
     def _ensure_reader(self) -> None:
         if self._closing:
@@ -143,12 +159,13 @@ class EventHub:
     async def _run(self) -> None:
         while not self._closing:
             jobs = {keys.events(j): j for j, f in self._feeds.items() if f.cursor is not None}
-            streams = {k: self._feeds[j].cursor for k, j in jobs.items()}
-            if not streams:
+            if not jobs:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            streams = {self._wake_key: self._wake_cursor, **{k: self._feeds[j].cursor for k, j in jobs.items()}}
             try:
+                self._in_xread = True
                 res = await self._r.xread(streams, count=self.count, block=self.block_ms)  # type: ignore[arg-type]
             except asyncio.CancelledError:
                 raise
@@ -156,8 +173,13 @@ class EventHub:
                 log.warning("event hub: XREAD failed; retrying", exc_info=True)
                 await asyncio.sleep(0.5)
                 continue
+            finally:
+                self._in_xread = False
             for key, entries in cast(list[tuple[bytes, Entries]], res or []):
-                self._deliver(jobs[_text(key)], entries)
+                if _text(key) == self._wake_key:
+                    self._wake_cursor = _text(entries[-1][0])
+                else:
+                    self._deliver(jobs[_text(key)], entries)
 
     def _deliver(self, job_id: str, entries: Entries) -> None:
         feed = self._feeds.get(job_id)

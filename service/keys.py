@@ -106,6 +106,11 @@ def tenant_active(tenant: str) -> str:
     return f"{PREFIX}:tenant:{tenant}:active"
 
 
+def hub_wake(process: str) -> str:
+    """Stream with TTL: wakes one API process's event-hub XREAD when a job gets its first watcher."""
+    return f"{PREFIX}:hub:{process}:wake"
+
+
 APIKEYS = f"{PREFIX}:apikeys"  # sorted set: runtime key id -> creation time
 OUTBOX = f"{PREFIX}:outbox"  # sorted set: "job_id|ticket" -> when its segment is due to be sent (reaper re-sends)
 OPEN = f"{PREFIX}:open"  # set: job ids whose segment acquired a lease and has not released it yet
