@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> dict[tuple[int, str], dict[str, float]]:
     out = {}
     for key, (n, errors, secs) in tally.items():
         ls = sorted(lat[key])
-        out[key] = {"requests": n, "errors": errors, "rps": n / secs,
+        out[key] = {"requests": int(n), "errors": int(errors), "rps": n / secs,
                     "p50_ms": percentile(ls, 50) * 1e3, "p99_ms": percentile(ls, 99) * 1e3}
     return out
 

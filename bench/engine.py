@@ -6,10 +6,13 @@
     and makes one objective call per perturbation. Plus a small MLP (ModuleLoss): one vmapped
     forward of the q+1 parameter sets vs one forward per set. Both sides alternate in rounds in
     this one process; the median round counts.
-(b) Memory: peak RSS (``VmHWM``, see ``peak_rss_kb``) of a fresh subprocess per case, minus the RSS after imports
-    and before the model is built, so each figure is weights + everything the case adds. Cases:
-    one no-grad forward of the loss, one MeZO step (q = 1, fused), one backprop SGD step for reference, on an
-    MLP of ~1e7 parameters and on a small transformer LM. Target: MeZO ≤ 1.1 × forward.
+(b) Memory: peak RSS (``VmHWM``, see ``peak_rss_kb``) of a fresh subprocess per case (median
+    of 5), minus the RSS after imports and before the model is built, so each figure is the
+    weights plus everything the case adds. Cases: one no-grad forward of the loss, one MeZO step
+    (q = 1, fused), one backprop SGD step for reference, on an MLP of ~1e7 parameters (the
+    headline ``ratio``) and on a small transformer LM. Target: MeZO ≤ 1.1 × forward.
+    ``--pin-mmap`` runs the children with glibc's mmap threshold fixed, which removes most of the
+    allocator's run-to-run spread (a few MB of freed blocks kept in the heap).
 (c) Small transformer LM (~3.7M params, batch 8 × 64 tokens): MeZO queries/s ÷ inference
     forwards/s (a step is 2 forwards + 3 regenerate-and-modify passes).
 
@@ -304,7 +307,7 @@ def main() -> None:
         return
     torch.set_num_threads(1)
     dev, rounds, secs = args.device, (2 if args.quick else 5), (0.3 if args.quick else 1.0)
-    reps = 1 if args.quick else 3
+    reps = 1 if args.quick else 5
     name = torch.cuda.get_device_name() if dev == "cuda" else f"CPU, torch {torch.__version__}, 1 thread"
     print(f"engine bench on {name}")
 

@@ -129,15 +129,25 @@ class EventHub:
     async def aclose(self) -> None:
         """Stop the reader (the app's lifespan calls this before closing Redis).
 
-        The loop also checks a flag: a cancellation that lands while redis-py is inside a
-        command can be absorbed by it, and the reader must stop all the same.
+        The reader checks a flag between reads, and a poke on the wake stream ends the read in
+        flight. Cancelling is only the fallback: redis-py can absorb a cancellation that lands
+        inside a blocking command (seen here: the task then sat out the whole XREAD block).
         """
         self._closing = True
         self._wake.set()
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.wait({task}, timeout=5)
+        if task is not None and not task.done():
+            if self._in_xread:
+                try:
+                    await self._poke()
+                except Exception:  # noqa: BLE001 - Redis gone: cancel below
+                    pass
+            done, _ = await asyncio.wait({task}, timeout=1.0)
+            if not done:
+                task.cancel()
+                await asyncio.wait({task}, timeout=5)
+        if task is not None and task.done() and not task.cancelled() and task.exception() is not None:
+            log.warning("event hub: the reader had failed", exc_info=task.exception())
         try:
             await self._r.delete(self._wake_key)
         except Exception:  # noqa: BLE001 - best effort; the key expires anyway

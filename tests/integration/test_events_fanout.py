@@ -192,3 +192,36 @@ def test_gaps_are_read_from_redis_and_resume_is_exact(app_and_url: tuple[Any, st
     assert len(expected) == 2 + 80 + 1
     assert full == expected and stitched == expected
     assert offered["n"] >= 4  # the hub path really ran (and half of it was dropped)
+
+
+def test_a_new_job_joins_a_blocked_reader_at_once(settings: Settings) -> None:
+    """The reader is blocked (5 s) on job A's stream when job B gets its first subscriber: B's
+    events must still arrive within a fraction of that (the wake stream interrupts the XREAD)."""
+    import redis.asyncio as aioredis
+
+    from service.fanout import EventHub
+
+    async def main() -> float:
+        client = aioredis.Redis.from_url(str(settings.redis_url))
+        hub = EventHub(client, block_ms=5000)
+        a, b = "zo:job:hub-a:events", "zo:job:hub-b:events"
+        await client.delete(a, b)
+        try:
+            async with hub.subscribe("hub-a"):
+                for _ in range(300):
+                    if hub._in_xread:
+                        break
+                    await asyncio.sleep(0.01)
+                assert hub._in_xread
+                async with hub.subscribe("hub-b") as sub_b:
+                    t0 = time.perf_counter()
+                    await client.xadd(b, {"t": "progress", "e": "{}"})
+                    batch = await asyncio.wait_for(sub_b.queue.get(), 2.0)
+                    assert [kind for _, kind, _ in batch.rows] == ["progress"]
+                    return time.perf_counter() - t0
+        finally:
+            await hub.aclose()
+            await client.delete(a, b)
+            await client.aclose()
+
+    assert asyncio.run(main()) < 1.0
