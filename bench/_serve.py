@@ -6,6 +6,7 @@ The API runs in its own process (``uvicorn --factory service.app:create_app``, o
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,11 +27,13 @@ from tests.support.stack import stop_process, worker_env  # noqa: E402
 @contextmanager
 def redis_and_api(workers: int = 1, **env: str) -> Iterator[tuple[str, str, Path]]:
     """Yield ``(redis_url, api_url, tmp_dir)``: a fresh embedded Redis and the API on loopback
-    (auth disabled). The API's log is ``tmp_dir / "api.log"``."""
+    (auth disabled). The API's log is ``tmp_dir / "api.log"``; the folder is removed after a
+    clean exit."""
     tmp = Path(tempfile.mkdtemp(prefix="zoserve-bench-"))
     with EmbeddedRedis(tmp / "redis") as redis_server:
         with api_process(redis_server.url, tmp, workers, **env) as url:
             yield redis_server.url, url, tmp
+    shutil.rmtree(tmp, ignore_errors=True)  # kept (with api.log) when the bench fails
 
 
 @contextmanager
