@@ -82,7 +82,7 @@ class WorkerStore:
         raw = self.r.hget(keys.answers(job_id), qid)
         return json.loads(raw) if raw else None
 
-    def commit(self, job_id: str, token: str, *, events: list[tuple[str, str]] = (),  # type: ignore[assignment]
+    def commit(self, job_id: str, token: str, *, events: list[tuple[str, Any]] = (),  # type: ignore[assignment]
                hset: dict[str, str] | None = None, queries: dict[str, str] | None = None, ckpt: bytes | None = None,
                release: bool = False, outbox: str | None = None, due_in: float = 0.0) -> int:
         """One fenced write of (type, json) events, fields, queries and checkpoint; see ``scripts.COMMIT``.
@@ -93,7 +93,7 @@ class WorkerStore:
         op = {"hset": {"updated_at": now_iso(), **(hset or {})}, "queries": queries or {},
               "release": release, "lease_ttl": self.lease_ttl, "maxlen": self.maxlen, "cid": uuid.uuid4().hex,
               "job": job_id, "outbox": f"{job_id}|{outbox}" if outbox else "", "due": time.time() + due_in}
-        flat = [part if isinstance(part, str) else wire_event(part) for pair in events for part in pair]
+        flat = [part if isinstance(part, (str, bytes)) else wire_event(part) for pair in events for part in pair]
         return int(self._commit(keys=[keys.fence(job_id), keys.lease(job_id), keys.job(job_id), keys.events(job_id),
                                       keys.checkpoint(job_id), keys.queries(job_id), keys.OUTBOX, keys.OPEN],
                                 args=[token, json.dumps(op), ckpt or b"", *flat]))
@@ -158,7 +158,7 @@ class RedisSink:
             self._inflight = self._writer.submit(self._write, events, progress, self.latency.take())
         return self._signal(code)
 
-    def _write(self, events: list[tuple[str, str]], progress: str, latency: dict[str, float] | None) -> int:
+    def _write(self, events: list[tuple[str, Any]], progress: str, latency: dict[str, float] | None) -> int:
         code = self.store.commit(self.lease.job_id, self.lease.token, events=events, hset={"progress": progress})
         self._push(latency)
         return code
