@@ -10,7 +10,9 @@ Exception tree::
     ├── Forbidden           403 (admin operations without the admin key)
     ├── TooLarge            413 (request body over max_body_bytes)
     ├── TooManyRequests     429 (rate limit, quota) with Retry-After
-    └── Unavailable         503 (not ready)
+    ├── BadGateway          502 (a worker-side call behind the request failed)
+    ├── Unavailable         503 (not ready)
+    └── GatewayTimeout      504 (a worker-side call behind the request timed out)
 """
 
 from __future__ import annotations
@@ -30,9 +32,16 @@ MEDIA_TYPE = "application/problem+json"
 
 
 class ProblemError(Exception):
+    """Base of the tree; a subclass states its problem as class keywords ``status``, ``title``, ``urn``."""
+
     status = 500
     title = "Internal Server Error"
     type = "about:blank"
+
+    def __init_subclass__(cls, *, status: int | None = None, title: str = "", urn: str = "", **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if status is not None:  # else inherited (a refinement of a concrete problem)
+            cls.status, cls.title, cls.type = status, title, f"urn:zoserve:{urn}"
 
     def __init__(self, detail: str | None = None, **extra: Any):
         super().__init__(detail or self.title)
@@ -41,42 +50,23 @@ class ProblemError(Exception):
         self.headers: dict[str, str] | None = None
 
 
-class NotFound(ProblemError):
-    status, title, type = 404, "Not Found", "urn:zoserve:not-found"
+class NotFound(ProblemError, status=404, title="Not Found", urn="not-found"): ...
+class Conflict(ProblemError, status=409, title="Conflict", urn="conflict"): ...
+class Unprocessable(ProblemError, status=422, title="Unprocessable Content", urn="unprocessable"): ...
+class Unauthorized(ProblemError, status=401, title="Unauthorized", urn="unauthorized"): ...
+class Forbidden(ProblemError, status=403, title="Forbidden", urn="forbidden"): ...
+class TooLarge(ProblemError, status=413, title="Content Too Large", urn="too-large"): ...
+class Unavailable(ProblemError, status=503, title="Service Unavailable", urn="unavailable"): ...
+class BadGateway(ProblemError, status=502, title="Bad Gateway", urn="bad-gateway"): ...
+class GatewayTimeout(ProblemError, status=504, title="Gateway Timeout", urn="gateway-timeout"): ...
 
 
-class Conflict(ProblemError):
-    status, title, type = 409, "Conflict", "urn:zoserve:conflict"
-
-
-class Unprocessable(ProblemError):
-    status, title, type = 422, "Unprocessable Content", "urn:zoserve:unprocessable"
-
-
-class Unauthorized(ProblemError):
-    status, title, type = 401, "Unauthorized", "urn:zoserve:unauthorized"
-
-
-class Forbidden(ProblemError):
-    status, title, type = 403, "Forbidden", "urn:zoserve:forbidden"
-
-
-class TooLarge(ProblemError):
-    status, title, type = 413, "Content Too Large", "urn:zoserve:too-large"
-
-
-class TooManyRequests(ProblemError):
+class TooManyRequests(ProblemError, status=429, title="Too Many Requests", urn="too-many-requests"):
     """429; ``retry_after`` (seconds) goes into the ``Retry-After`` header and the body."""
-
-    status, title, type = 429, "Too Many Requests", "urn:zoserve:too-many-requests"
 
     def __init__(self, detail: str | None = None, *, retry_after: int, **extra: Any):
         super().__init__(detail, retry_after=retry_after, **extra)
         self.headers = {"Retry-After": str(max(1, retry_after))}
-
-
-class Unavailable(ProblemError):
-    status, title, type = 503, "Service Unavailable", "urn:zoserve:unavailable"
 
 
 def problem_response(problem: Problem, headers: dict[str, str] | None = None) -> JSONResponse:

@@ -19,16 +19,28 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 __all__ = ["FZooSConfig", "FedZOConfig", "FederatedClient", "FederatedObjective", "FEDERATED_CONFIGS"]
 
 
-class FZooSConfig(BaseModel):
-    """FZooS: local steps on a trajectory-informed GP gradient surrogate, corrected towards the
-    global random-Fourier-feature surrogate (two aggregations per round)."""
+class _FederatedConfig(BaseModel):
+    """Fields every federated algorithm shares: the round structure and the server's acceptance."""
 
     model_config = ConfigDict(extra="forbid")
-    algorithm: ClassVar[str] = "fzoos"
 
     rounds: int = Field(20, ge=1, le=10_000, description="Communication rounds (read by the orchestrator).")
     local_iters: int = Field(10, ge=1, le=1000, description="Local steps T per round (code: 10).")
     lr: float = Field(0.01, gt=0.0, le=10.0, description="Adam learning rate, state reset every round (code: 0.01).")
+    accept_test: bool = Field(False, description="Keep x_{r-1} when Σ p_i f_i(x_cand) does not improve (the FZooS code's server test; N counted queries per round).")
+    max_failed_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="Fraction of clients that may fail in a round before the round fails.")
+
+    def hparams(self) -> dict[str, object]:
+        """Keyword arguments for the worker-side parameter class (everything but ``rounds``)."""
+        return self.model_dump(exclude={"rounds"})
+
+
+class FZooSConfig(_FederatedConfig):
+    """FZooS: local steps on a trajectory-informed GP gradient surrogate, corrected towards the
+    global random-Fourier-feature surrogate (two aggregations per round)."""
+
+    algorithm: ClassVar[str] = "fzoos"
+
     n_features: int = Field(1000, ge=1, le=100_000, description="Random Fourier features M: length of the weight vector each client uploads.")
     rff_lengthscale: float = Field(1.0, gt=0.0, le=1e3, description="Shared RFF (SE kernel) lengthscale in [0,1]^d units (code: 1.0).")
     rff_ridge: float = Field(1e-6, ge=0.0, le=1.0, description="Ridge λ of the RFF fit on normalised values (code: 0, singular on duplicates).")
@@ -49,23 +61,13 @@ class FZooSConfig(BaseModel):
     max_history: int = Field(5000, ge=10, le=1_000_000, description="Queries each client keeps (oldest dropped).")
     gp_noise: float = Field(1e-6, gt=0.0, le=1.0, description="GP noise variance on normalised values (code: 1e-6).")
     kernel: Literal["matern52", "se"] = Field("matern52", description="Local GP kernel (code: Matérn-5/2).")
-    accept_test: bool = Field(False, description="Keep x_{r-1} when Σ p_i f_i(x_cand) does not improve (code's server test; its queries are counted).")
-    max_failed_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="Fraction of clients that may fail in a round before the round fails.")
-
-    def hparams(self) -> dict[str, object]:
-        """Keyword arguments for ``FZooSParams`` (everything but ``rounds``)."""
-        return self.model_dump(exclude={"rounds"})
 
 
-class FedZOConfig(BaseModel):
+class FedZOConfig(_FederatedConfig):
     """FedZO: T local ZO-Adam steps on an RGF estimate, then FedAvg (optionally FedProx/SCAFFOLD)."""
 
-    model_config = ConfigDict(extra="forbid")
     algorithm: ClassVar[str] = "fedzo"
 
-    rounds: int = Field(20, ge=1, le=10_000, description="Communication rounds (read by the orchestrator).")
-    local_iters: int = Field(10, ge=1, le=1000, description="Local steps T per round (code: 10).")
-    lr: float = Field(0.01, gt=0.0, le=10.0, description="Adam learning rate, state reset every round (code: 0.01).")
     q: int = Field(20, ge=1, le=100_000, description="RGF directions per step: q + 1 queries (code: 20).")
     mu: float = Field(0.01, gt=0.0, le=1.0, description="Forward-difference radius (code: 0.01).")
     orthogonal: bool = Field(True, description="Orthonormalise the q Gaussian directions (code: Gram-Schmidt).")
@@ -73,18 +75,11 @@ class FedZOConfig(BaseModel):
         "none", description="'none' = FedZO; 'prox' = FedProx; 'scaffold1'/'scaffold2' = ZO SCAFFOLD type I/II."
     )
     prox_mu: float = Field(1.0, ge=0.0, le=1e3, description="FedProx proximal weight (code: 1).")
-    accept_test: bool = Field(False, description="Keep x_{r-1} when Σ p_i f_i(x_cand) does not improve (N counted queries per round).")
-    max_failed_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="Fraction of clients that may fail in a round before the round fails.")
-
-    def hparams(self) -> dict[str, object]:
-        """Keyword arguments for ``FedZOParams`` (everything but ``rounds``)."""
-        return self.model_dump(exclude={"rounds"})
 
 
 class FederatedClient(BaseModel):
     """One client: its own objective spec (any other objective kind), queue and weight p_i."""
 
-    model_config = ConfigDict(extra="forbid")
 
     objective: dict[str, Any] = Field(description="The client's objective spec (validated by the service).")
     queue: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$", description="Worker queue running this client.")
@@ -94,7 +89,6 @@ class FederatedClient(BaseModel):
 class FederatedObjective(BaseModel):
     """F = Σ p_i f_i over 2..64 clients: either explicit ``clients`` or a built-in synthetic ``family``."""
 
-    model_config = ConfigDict(extra="forbid")
 
     kind: Literal["federated"] = "federated"
     clients: list[FederatedClient] | None = Field(None, min_length=2, max_length=64, description="Explicit clients.")

@@ -10,14 +10,10 @@ from zoserve.models.datasets import Dataset, DatasetPage
 
 from ... import keys
 from ...datasets import get_dataset, store_dataset
-from ...problems import NotFound, ProblemError
+from ...problems import NotFound, TooLarge
 from ..deps import SettingsDep, StoreDep, TenantDep
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
-
-
-class TooLarge(ProblemError):
-    status, title, type = 413, "Content Too Large", "urn:zoserve:too-large"
 
 
 @router.post("", status_code=201, response_model=Dataset, summary="Upload a .npz dataset (arrays X and y)",

@@ -19,21 +19,13 @@ from zoserve.models.defense import DefensePredictRequest, DefensePrediction
 from zoserve.models.jobs import JobStatus
 
 from ... import keys
-from ...problems import Conflict, NotFound, ProblemError, Unprocessable
+from ...problems import BadGateway, Conflict, GatewayTimeout, NotFound, Unprocessable
 from ..deps import CeleryDep, JobHashDep, StoreDep
 
 router = APIRouter(tags=["defenses"])
 
 PREDICT_TASK = "zoserve.defense.predict"
 PREDICT_TIMEOUT_S = 120.0  # N0 + N batched endpoint calls; the default N = 10 000 takes a while
-
-
-class GatewayTimeout(ProblemError):
-    status, title, type = 504, "Gateway Timeout", "urn:zoserve:gateway-timeout"
-
-
-class BadGateway(ProblemError):
-    status, title, type = 502, "Bad Gateway", "urn:zoserve:bad-gateway"
 
 
 @router.get("/v1/jobs/{job_id}/artifacts/{name}", tags=["jobs"], summary="Download an artifact of a finished job",
