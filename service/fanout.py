@@ -180,6 +180,8 @@ class EventHub:
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - Redis restarting: subscribers poll on keep-alive; retry
+                if self._closing:  # a cancel during shutdown can surface as redis' TimeoutError
+                    return
                 log.warning("event hub: XREAD failed; retrying", exc_info=True)
                 await asyncio.sleep(0.5)
                 continue
