@@ -136,6 +136,14 @@ def _record(tally: Tally, algo: Algorithm, state: dict[str, Any], ev: Evaluation
             tally.best_value = value
 
 
+def host_query(query: Query, objective: Objective) -> Query:
+    """The query as ``objective`` takes it: points stay on the algorithm's device only for adapters that
+    compute there (``on_device = True``, e.g. builtin functions); the rest (HTTP, people) get CPU points."""
+    if query.points.device.type == "cpu" or getattr(objective, "on_device", False):
+        return query
+    return replace(query, points=query.points.cpu())
+
+
 def _event(tally: Tally, extra: dict[str, float]) -> dict[str, Any]:
     """A progress event; ``time`` is a unix float here, formatted by :func:`wire_event` off the step loop."""
     return {"type": "progress", "time": time.time(), **tally.progress(), "extra": extra}
@@ -181,7 +189,7 @@ async def run_segment(algo: Algorithm, state: dict[str, Any], objective: Objecti
         query = algo.ask(algo_state)
         if answer is None:
             return result(Outcome.WAITING, "waiting for an answer", query=query)
-        told(query, objective.resolve(query, answer))
+        told(query, objective.resolve(host_query(query, objective), answer))
         tally.pending = ""
 
     while True:
@@ -197,7 +205,7 @@ async def run_segment(algo: Algorithm, state: dict[str, Any], objective: Objecti
         if reason:
             return result(Outcome.DONE, reason)
         t_eval = time.perf_counter()
-        ev = await objective.evaluate(query)
+        ev = await objective.evaluate(host_query(query, objective))
         if isinstance(ev, Pending):
             tally.pending = f"q{tally.step + 1}"
             return result(Outcome.WAITING, "waiting for an answer", query=query, pending=ev)

@@ -30,6 +30,7 @@ from .algorithms.checkpoint import dump_state, load_state
 from .algorithms.registry import build_algorithm
 from .celery_app import app, redis_url
 from .defense import DEFENSE, run_defense_segment
+from .device import DeviceMismatch, place_state, resolve_device
 from .federated import FEDERATED
 from .federated import start as start_federated
 from .jobstore import CancelListener, Lease, LeaseRefused, RedisSink, WorkerStore, connect
@@ -45,6 +46,7 @@ class Context:
     settings: Settings
     store: WorkerStore
     cancels: CancelListener
+    device: torch.device
 
 
 @functools.lru_cache(maxsize=1)
@@ -52,7 +54,7 @@ def context() -> Context:
     settings = get_settings()
     client = connect(redis_url())
     store = WorkerStore(client, settings.lease_seconds, settings.event_retention, settings.segment_max_crashes)
-    return Context(settings, store, CancelListener(client))
+    return Context(settings, store, CancelListener(client), resolve_device(settings.device))
 
 
 @app.task(name=RUN_SEGMENT, bind=True, max_retries=None, acks_late=True, reject_on_worker_lost=True)
@@ -97,6 +99,11 @@ def execute_segment(task: Task, ctx: Context, lease: Lease) -> str:
     else:
         x0 = torch.tensor(spec.x0, dtype=torch.float64) if spec.x0 is not None else objective.default_x0()  # type: ignore[attr-defined]
         state = initial_state(algo, x0, spec.seed)
+    try:
+        state = place_state(state, raw, ctx.device)
+    except DeviceMismatch as exc:
+        return _fail(ctx, lease, h, Problem(type="urn:zoserve:device-mismatch", title="Job cannot resume on this worker",
+                                           status=409, detail=str(exc)))
     published = json.loads(h.get("progress") or "{}").get("step", 0)
     state["run.published_step"] = max(int(state.get("run.published_step", 0)), int(published))
     _, tally = split_state(state)

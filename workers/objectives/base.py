@@ -13,6 +13,8 @@ Contract (run against every adapter by ``tests/contract/test_objectives.py``):
 * ``resolve(query, payload)`` turns an answer posted through the API into an
   :class:`Evaluation`; only adapters that return :class:`Pending` implement it.
 * ``Evaluation.queries`` is what the step costs against ``budget.max_queries``.
+* Points arrive on the CPU unless the adapter sets ``on_device = True`` (it computes with torch
+  on whatever device the algorithm runs on: a GPU worker's ``cuda``).
 
 Exception tree::
 

@@ -76,6 +76,8 @@ def noise_generator(points: Tensor, seed: int) -> torch.Generator:
 class BuiltinObjective:
     """Evaluates a builtin function on every point of a query in one batched call."""
 
+    on_device = True  # evaluates where the points are (cuda on a GPU worker): no copies, no sync but the check
+
     def __init__(self, function: str, dim: int, noise: float = 0.0, seed: int = 0, latency_ms: float = 0.0):
         self.fn = FUNCTIONS[function]
         self.function, self.dim, self.noise, self.seed = function, dim, noise, seed
@@ -87,7 +89,8 @@ class BuiltinObjective:
     def values(self, points: Tensor) -> Tensor:
         out = self.fn(points.to(torch.float64))
         if self.noise > 0:
-            out = out + self.noise * torch.randn(out.shape, generator=noise_generator(points, self.seed), dtype=out.dtype)
+            noise = torch.randn(out.shape, generator=noise_generator(points, self.seed), dtype=out.dtype)
+            out = out + self.noise * noise.to(out.device)
         return out
 
     async def evaluate(self, query: Query) -> Evaluation:
