@@ -5,7 +5,7 @@
     objective call on the (q+1, d) points → tell, against a naive loop that draws one direction
     and makes one objective call per perturbation. Plus a small MLP (ModuleLoss): one vmapped
     forward of the q+1 parameter sets vs one forward per set. Both sides alternate in rounds in
-    this one process; the median round counts.
+    this one process; the median of the per-round ratios counts.
 (b) Memory: peak RSS (``VmHWM``, see ``peak_rss_kb``) of a fresh subprocess per case (median
     of 5), minus the RSS after imports and before the model is built, so each figure is the
     weights plus everything the case adds. Cases: one no-grad forward of the loss, one MeZO step
@@ -16,15 +16,21 @@
 (c) Small transformer LM (~3.7M params, batch 8 × 64 tokens): MeZO queries/s ÷ inference
     forwards/s (a step is 2 forwards + 3 regenerate-and-modify passes).
 
-``--device cuda`` runs the same with CUDA timings (synchronised) and ``max_memory_allocated``
-instead of RSS; without CUDA it says so and exits 0. Last line: one JSON object.
+Timing: on CPU a rate is steps per second of this thread's CPU time (``time.thread_time``;
+torch runs one thread here), so time spent waiting for a core on a shared machine does not
+count; ``--clock wall`` uses wall time instead. ``--device cuda`` runs the same with wall
+timings (synchronised) and ``max_memory_allocated`` instead of RSS; without CUDA it says so
+and exits 0. A speedup is the median over rounds of (batched ÷ naive) within each round.
+``--pin-heap`` fixes glibc's mmap and trim thresholds in this process (see ``pin_heap``).
+``--only a,c`` runs some parts. Last line: one JSON object.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=.:client .venv/bin/python bench/engine.py [--device cuda] [--quick]
+    OMP_NUM_THREADS=1 PYTHONPATH=.:client .venv/bin/python bench/engine.py [--device cuda] [--quick] [--only a]
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import resource
@@ -62,25 +68,45 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def timed(step: Callable[[], None], device: str, seconds: float) -> Callable[[], float]:
-    """A runner that repeats ``step`` for at least ``seconds`` (and once at least); returns steps/s."""
+CLOCK: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.thread_time}
+
+
+def timed(step: Callable[[], None], device: str, seconds: float, clock: str = "wall") -> Callable[[], float]:
+    """A runner that repeats ``step`` for at least ``seconds`` of wall time (and once at least);
+    returns steps per second of ``clock`` (``"cpu"``: this thread's CPU time)."""
+    now = CLOCK[clock]
 
     def run() -> float:
         n = 0
         sync(device)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), now()
         while n == 0 or time.perf_counter() - t0 < seconds:
             step()
             n += 1
             if n % 16 == 0:
                 sync(device)
         sync(device)
-        return n / (time.perf_counter() - t0)
+        return n / (now() - c0)
 
     return run
 
 
-def rge_batched(d: int, device: str, seconds: float) -> Callable[[], float]:
+def pin_heap() -> bool:
+    """Fix glibc's mmap threshold at 32 MiB and its trim threshold at 256 MiB in this process.
+
+    By default glibc raises both with the largest block freed so far, so whether a freed
+    4 MB batch of points goes back to the OS (and the next one page-faults in again, ~1000
+    faults at d = 1e5) depends on what the process allocated before. Pinned, blocks up to
+    32 MiB are reused from the heap. Returns False where glibc's ``mallopt`` is missing.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(-3, 32 << 20) and libc.mallopt(-1, 256 << 20))  # M_MMAP_/M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        return False
+
+
+def rge_batched(d: int, device: str, seconds: float, clock: str = "wall") -> Callable[[], float]:
     """ZO-SGD ask/tell with ONE batched objective call per step."""
     algo = ZOSGD(lr=LR, q=Q, mu=MU, dtype="float32")
     state = algo.init(torch.ones(d, device=device), seed=0)
@@ -90,10 +116,10 @@ def rge_batched(d: int, device: str, seconds: float) -> Callable[[], float]:
         query = algo.ask(state)
         state, _ = algo.tell(state, query, Answer(values=quad(query.points)))
 
-    return timed(step, device, seconds)
+    return timed(step, device, seconds, clock)
 
 
-def rge_naive(d: int, device: str, seconds: float) -> Callable[[], float]:
+def rge_naive(d: int, device: str, seconds: float, clock: str = "wall") -> Callable[[], float]:
     """The same estimate with one direction draw and one objective call per perturbation."""
     x = torch.ones(d, device=device)
     t = 0
@@ -108,7 +134,7 @@ def rge_naive(d: int, device: str, seconds: float) -> Callable[[], float]:
         x = x - (LR / Q) * g
         t += 1
 
-    return timed(step, device, seconds)
+    return timed(step, device, seconds, clock)
 
 
 def mlp_objective(device: str) -> ModuleLoss:
@@ -118,7 +144,7 @@ def mlp_objective(device: str) -> ModuleLoss:
     return ModuleLoss(model.eval(), F.mse_loss, x, torch.sin(x[:, :1]))
 
 
-def mlp_runner(batched: bool, device: str, seconds: float) -> Callable[[], float]:
+def mlp_runner(batched: bool, device: str, seconds: float, clock: str = "wall") -> Callable[[], float]:
     f = mlp_objective(device)
     algo = ZOSGD(lr=1e-3, q=Q, mu=MU, dtype="float32")
     state = algo.init(f.flat(), seed=0)
@@ -129,17 +155,18 @@ def mlp_runner(batched: bool, device: str, seconds: float) -> Callable[[], float
         query = algo.ask(state)
         state, _ = algo.tell(state, query, Answer(values=values(query.points)))
 
-    return timed(step, device, seconds)
+    return timed(step, device, seconds, clock)
 
 
-def side_by_side(fast: Callable[[], float], slow: Callable[[], float], rounds: int) -> tuple[float, float]:
-    """Median steps/s of each after one warm-up round, alternating to share the machine's noise."""
+def side_by_side(fast: Callable[[], float], slow: Callable[[], float], rounds: int) -> tuple[float, float, list[float]]:
+    """Median steps/s of each after one warm-up round, alternating to share the machine's noise,
+    and each round's ratio fast ÷ slow (the two halves of a round see about the same load)."""
     fast(), slow()
     a, b = [], []
     for _ in range(rounds):
         a.append(fast())
         b.append(slow())
-    return statistics.median(a), statistics.median(b)
+    return statistics.median(a), statistics.median(b), [x / y for x, y in zip(a, b)]
 
 
 # ---------------------------------------------------------------- models for memory and speed
@@ -285,7 +312,7 @@ def lm_speed(device: str, rounds: int) -> dict[str, float]:
         sync(device)
         return 2 * n / (time.perf_counter() - t0)
 
-    q_s, f_s = side_by_side(zo, infer, rounds)
+    q_s, f_s, _ = side_by_side(zo, infer, rounds)
     return {"queries_per_s": q_s, "forwards_per_s": f_s, "ratio": q_s / f_s,
             "params": sum(p.numel() for p in model.parameters())}
 
@@ -294,6 +321,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     ap.add_argument("--quick", action="store_true", help="fewer rounds (smoke run)")
+    ap.add_argument("--only", default="abc", help="parts to run, e.g. 'a' or 'a,c' (default: all)")
+    ap.add_argument("--clock", default="auto", choices=("auto", "cpu", "wall"),
+                    help="(a)'s rates per second of thread CPU time or of wall time (auto: cpu on CPU)")
+    ap.add_argument("--pin-heap", action="store_true", help="fix glibc's mmap/trim thresholds in this process")
     ap.add_argument("--pin-mmap", action="store_true", help="children run with MALLOC_MMAP_THRESHOLD_=131072")
     ap.add_argument("--child", nargs=2, metavar=("MODEL", "CASE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -308,43 +339,56 @@ def main() -> None:
     torch.set_num_threads(1)
     dev, rounds, secs = args.device, (2 if args.quick else 5), (0.3 if args.quick else 1.0)
     reps = 1 if args.quick else 5
+    parts = set(args.only.replace(",", ""))
+    clock = ("cpu" if dev == "cpu" else "wall") if args.clock == "auto" else args.clock
+    pinned = pin_heap() if args.pin_heap else False
     name = torch.cuda.get_device_name() if dev == "cuda" else f"CPU, torch {torch.__version__}, 1 thread"
-    print(f"engine bench on {name}")
+    print(f"engine bench on {name}" + (", glibc heap pinned" if pinned else ""))
+    out: dict[str, object] = {"bench": "engine", "device": dev, "ratio": None, "target": MEM_TARGET, "q": Q}
 
-    print(f"\n(a) RGE step throughput: ZO-SGD forward RGE, q = {Q} ({Q + 1} queries/step), float32, f = Σx²")
-    print(f"  {'d':>10} {'batched steps/s':>16} {'naive steps/s':>14} {'speedup':>8} {'batched ns/param/query':>23}")
-    speedup: dict[str, float] = {}
-    for d in (1_000, 100_000, 10_000_000):
-        r = rounds if d < 10_000_000 or dev == "cuda" else 2  # ~3 s a step on one CPU core
-        fast, slow = side_by_side(rge_batched(d, dev, secs), rge_naive(d, dev, secs), r)
-        speedup[str(d)] = round(fast / slow, 3)
-        ns = 1e9 / (fast * (Q + 1) * d)
-        print(f"  {d:>10,} {fast:>16.2f} {slow:>14.2f} {fast / slow:>7.2f}× {ns:>23.3f}")
-    f = mlp_objective(dev)
-    fast, slow = side_by_side(mlp_runner(True, dev, secs), mlp_runner(False, dev, secs), rounds)
-    speedup["mlp"] = round(fast / slow, 3)
-    print(f"  {'MLP ' + format(f.dim, ','):>10} {fast:>16.2f} {slow:>14.2f} {fast / slow:>7.2f}×   (vmap vs one forward/query)")
+    if "a" in parts:
+        print(f"\n(a) RGE step throughput: ZO-SGD forward RGE, q = {Q} ({Q + 1} queries/step), float32, f = Σx²;"
+              f" steps per {clock} second; speedup = median of per-round ratios (range)")
+        print(f"  {'d':>10} {'batched steps/s':>16} {'naive steps/s':>14} {'speedup':>8} {'range':>13}"
+              f" {'batched ns/param/query':>23}")
+        speedup: dict[str, float] = {}
+        for d in (1_000, 100_000, 10_000_000):
+            r = rounds if d < 10_000_000 or dev == "cuda" else 3  # ~1-3 s a step on one CPU core
+            fast, slow, ratios = side_by_side(rge_batched(d, dev, secs, clock), rge_naive(d, dev, secs, clock), r)
+            speedup[str(d)] = round(statistics.median(ratios), 3)
+            ns = 1e9 / (fast * (Q + 1) * d)
+            print(f"  {d:>10,} {fast:>16.2f} {slow:>14.2f} {speedup[str(d)]:>7.2f}× {min(ratios):>6.2f}–{max(ratios):<5.2f}"
+                  f" {ns:>23.3f}")
+        f = mlp_objective(dev)
+        fast, slow, ratios = side_by_side(mlp_runner(True, dev, secs, clock), mlp_runner(False, dev, secs, clock),
+                                          rounds)
+        speedup["mlp"] = round(statistics.median(ratios), 3)
+        print(f"  {'MLP ' + format(f.dim, ','):>10} {fast:>16.2f} {slow:>14.2f} {speedup['mlp']:>7.2f}×"
+              f" {min(ratios):>6.2f}–{max(ratios):<5.2f}   (vmap vs one forward/query)")
+        out.update(speedup=speedup, clock=clock, heap_pinned=pinned)
 
-    print("\n(b) memory: peak " + ("CUDA allocated" if dev == "cuda" else "RSS above the post-import baseline")
-          + f", one case per fresh process (median of {reps} for forward/mezo)"
-          + (", glibc mmap threshold pinned" if args.pin_mmap else ""))
-    print(f"  {'model':<6} {'params':>11} {'case':<9} {'total MB':>9} {'weights MB':>11} {'÷ forward':>10}")
-    mem: dict[str, dict[str, float]] = {}
-    for kind in ("mlp", "lm"):
-        rows = {case: measure(kind, case, dev, 1 if case == "backprop" or dev == "cuda" else reps, args.pin_mmap)
-                for case in ("forward", "mezo", "backprop")}
-        for case, row in rows.items():
-            ratio = row["total_mb"] / rows["forward"]["total_mb"]
-            mem[f"{kind}_{case}"] = {"mb": round(row["total_mb"], 1), "ratio": round(ratio, 3)}
-            print(f"  {kind:<6} {int(row['params']):>11,} {case:<9} {row['total_mb']:>9.1f} {row['weights_mb']:>11.1f} "
-                  f"{ratio:>9.3f}×")
+    if "b" in parts:
+        print("\n(b) memory: peak " + ("CUDA allocated" if dev == "cuda" else "RSS above the post-import baseline")
+              + f", one case per fresh process (median of {reps} for forward/mezo)"
+              + (", glibc mmap threshold pinned" if args.pin_mmap else ""))
+        print(f"  {'model':<6} {'params':>11} {'case':<9} {'total MB':>9} {'weights MB':>11} {'÷ forward':>10}")
+        mem: dict[str, dict[str, float]] = {}
+        for kind in ("mlp", "lm"):
+            rows = {case: measure(kind, case, dev, 1 if case == "backprop" or dev == "cuda" else reps, args.pin_mmap)
+                    for case in ("forward", "mezo", "backprop")}
+            for case, row in rows.items():
+                ratio = row["total_mb"] / rows["forward"]["total_mb"]
+                mem[f"{kind}_{case}"] = {"mb": round(row["total_mb"], 1), "ratio": round(ratio, 3)}
+                print(f"  {kind:<6} {int(row['params']):>11,} {case:<9} {row['total_mb']:>9.1f} "
+                      f"{row['weights_mb']:>11.1f} {ratio:>9.3f}×")
+        out.update(ratio=mem["mlp_mezo"]["ratio"], memory=mem)
 
-    lm = lm_speed(dev, rounds)
-    print(f"\n(c) tiny LM ({lm['params']:,} params, batch 8 × 64): MeZO {lm['queries_per_s']:.1f} queries/s, "
-          f"inference {lm['forwards_per_s']:.1f} forwards/s → {lm['ratio']:.3f}×")
-    ratio = mem["mlp_mezo"]["ratio"]
-    print(json.dumps({"bench": "engine", "device": dev, "ratio": ratio, "target": MEM_TARGET, "speedup": speedup,
-                      "memory": mem, "lm": {k: round(v, 3) for k, v in lm.items()}, "q": Q}))
+    if "c" in parts:
+        lm = lm_speed(dev, rounds)
+        print(f"\n(c) tiny LM ({lm['params']:,} params, batch 8 × 64): MeZO {lm['queries_per_s']:.1f} queries/s, "
+              f"inference {lm['forwards_per_s']:.1f} forwards/s → {lm['ratio']:.3f}×")
+        out["lm"] = {k: round(v, 3) for k, v in lm.items()}
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

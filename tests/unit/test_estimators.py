@@ -1,4 +1,5 @@
-"""RGE and CGE: unbiasedness, exactness on quadratics / linear functions, query counts."""
+"""RGE and CGE: unbiasedness, exactness on quadratics / linear functions, query counts,
+buffer reuse, and the CUDA path (skipped without CUDA)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,18 @@ from torch import Tensor
 
 from workers.algorithms.estimators import (
     CGEConfig,
+    Plan,
     RGEConfig,
     cge,
     estimate,
+    gradient,
     rge,
     sample_directions,
     slopes,
 )
 
 D = 12
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
 def _quadratic(seed: int = 0) -> tuple[Tensor, Tensor]:
@@ -42,7 +46,7 @@ def test_rge_mean_matches_true_gradient(directions: str, difference: str) -> Non
     true = a @ x + b
     est = rge(RGEConfig(directions, q=6000, mu=1e-3, difference=difference))  # type: ignore[arg-type]
     points, aux = est.plan(x, torch.Generator().manual_seed(1))
-    grad, _ = est.estimate(_f(points, a, b), aux)  # the mean over q = 6000 draws
+    grad, _ = est.gradient(_f(points, a, b), aux)  # the mean over q = 6000 draws
     cosine = float(grad @ true / (grad.norm() * true.norm()))
     assert cosine > 0.9
     # the scale must be right too (the sphere needs its d factor): ‖mean − g‖ ≈ √((d+1)/q)‖g‖ ≈ 0.05‖g‖
@@ -82,7 +86,7 @@ def test_cge_exact_on_linear(difference: str, mu: float) -> None:
     coef = torch.arange(1.0, D + 1, dtype=torch.float64) * torch.tensor([1.0, -1.0]).repeat(D // 2).double()
     est = cge(CGEConfig(mu=mu, difference=difference))  # type: ignore[arg-type]
     points, aux = est.plan(_x0(), torch.Generator())
-    grad, _ = est.estimate(points @ coef + 3.0, aux)
+    grad, _ = est.gradient(points @ coef + 3.0, aux)
     assert float((grad - coef).abs().max()) <= 1e-9
 
 
@@ -92,9 +96,9 @@ def test_central_cge_exact_on_quadratic_forward_is_not() -> None:
     true = a @ x + b
     central, fwd = cge(CGEConfig(0.1, "central")), cge(CGEConfig(0.1, "forward"))
     pts_c, aux_c = central.plan(x, torch.Generator())
-    g_c, _ = central.estimate(_f(pts_c, a, b), aux_c)
+    g_c, _ = central.gradient(_f(pts_c, a, b), aux_c)
     pts_f, aux_f = fwd.plan(x, torch.Generator())
-    g_f, _ = fwd.estimate(_f(pts_f, a, b), aux_f)
+    g_f, _ = fwd.gradient(_f(pts_f, a, b), aux_f)
     assert float((g_c - true).abs().max()) < 1e-9
     assert float((g_f - true - 0.05 * torch.diagonal(a)).abs().max()) < 1e-9  # forward: + (μ/2)·A_ii
 
@@ -169,3 +173,58 @@ def test_sphere_scaling_is_d() -> None:
 def test_rge_config_validation(bad: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         RGEConfig(**bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("directions", ["gaussian", "sphere", "rademacher"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_plan_into_a_buffer_is_bitwise_a_fresh_plan(directions: str, dtype: torch.dtype) -> None:
+    est = rge(RGEConfig(directions, q=5, difference="central"))  # type: ignore[arg-type]
+    x = _x0().to(dtype)
+    points, aux = est.plan(x, torch.Generator().manual_seed(4))
+    buf = torch.full((5, D), 7.0, dtype=dtype)
+    points_b, aux_b = est.plan(x, torch.Generator().manual_seed(4), buf)
+    assert aux_b.directions is buf and aux.directions is not None
+    assert torch.equal(points_b, points) and torch.equal(buf, aux.directions)
+    wrong = torch.zeros(5, D + 1, dtype=dtype)  # a buffer that does not fit is left alone
+    _, aux_w = est.plan(x, torch.Generator().manual_seed(4), wrong)
+    assert aux_w.directions is not wrong and not wrong.any()
+    if dtype == torch.float32 and directions == "gaussian":  # float32: straight into the buffer, as randn
+        assert torch.equal(buf, torch.randn(5, D, generator=torch.Generator().manual_seed(4)))
+
+
+def test_gradient_keeps_f_x_as_a_tensor_and_estimate_gives_a_float() -> None:
+    a, b = _quadratic(9)
+    est = rge(RGEConfig(q=4))
+    points, aux = est.plan(_x0(), torch.Generator().manual_seed(1))
+    values = _f(points, a, b)
+    grad, fx = gradient(values, aux)
+    grad_f, fx_f = estimate(values, aux)
+    assert isinstance(fx, torch.Tensor) and fx.ndim == 0 and isinstance(fx_f, float)
+    assert float(fx) == fx_f == float(values[0]) and torch.equal(grad, grad_f)
+
+
+@CUDA
+@pytest.mark.parametrize("directions", ["gaussian", "sphere", "rademacher"])
+@pytest.mark.parametrize("difference", ["forward", "central"])
+def test_cuda_plan_and_gradient_stay_on_the_device_and_match_cpu(directions: str, difference: str) -> None:
+    a, b = _quadratic(10)
+    a_dev, b_dev, x = a.cuda(), b.cuda(), _x0().cuda()
+    est = rge(RGEConfig(directions, q=6, difference=difference))  # type: ignore[arg-type]
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    est.plan(x, gen)  # warm-up: lazy CUDA initialisation may sync
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        points, aux = est.plan(x, gen)
+        values = _f(points, a_dev, b_dev)
+        grad, fx = gradient(values, aux)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert aux.directions is not None
+    assert {t.device.type for t in (points, aux.directions, grad, fx)} == {"cuda"}
+    u = aux.directions.cpu()
+    sign = -1.0 if difference == "central" else 1.0  # the last row is x ∓ μu_q
+    torch.testing.assert_close(points[-1].cpu(), _x0() + sign * aux.mu * u[-1], rtol=0, atol=1e-15)
+    grad_cpu, fx_cpu = gradient(values.cpu(), Plan(u, aux.scale, aux.mu, aux.central))
+    torch.testing.assert_close(grad.cpu(), grad_cpu, rtol=1e-12, atol=1e-12)
+    assert float(fx) == pytest.approx(float(fx_cpu), rel=1e-14)

@@ -1,8 +1,10 @@
-"""ZO-SGD / ZO-Adam / ZO-SignSGD recipes, the registry, the configs and state checkpoints."""
+"""ZO-SGD / ZO-Adam / ZO-SignSGD recipes, the registry, the configs, state checkpoints and the
+CUDA path (skipped without CUDA)."""
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -11,11 +13,13 @@ from torch import Tensor
 
 from workers.algorithms.base import Algorithm, Answer, State
 from workers.algorithms.checkpoint import CheckpointError, dump_state, load_state, state_metadata
+from workers.algorithms.estimators import Plan, gradient
 from workers.algorithms.registry import ALGORITHMS, build_algorithm, register
 from workers.algorithms.zo import ZOSGD, ZOAdam, ZOSignSGD
 from zoserve.models.algorithms import ZO_CONFIGS, ZOAdamConfig, ZOSGDConfig, ZOSignSGDConfig
 
 CURV = torch.linspace(1.0, 10.0, 10, dtype=torch.float64)
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
 def quadratic(points: Tensor) -> Tensor:
@@ -104,6 +108,20 @@ def test_tell_without_plan_cache_is_bitwise_identical() -> None:
     a, _ = warm.tell(state, query, answer)
     b, _ = ZOSignSGD(q=5, variant="scalar").tell(state, query, answer)  # fresh instance: re-plans
     assert torch.equal(a["x"], b["x"])  # type: ignore[arg-type]
+
+
+def test_ask_reuses_its_direction_buffer_but_never_a_query() -> None:
+    algo = ZOSGD(q=4, dtype="float32")
+    state = algo.init(torch.linspace(-1, 1, 10), seed=5)
+    first = algo.ask(state)
+    kept = first.points.clone()
+    state2, info = algo.tell(state, first, Answer(values=quadratic(first.points)))
+    second = algo.ask(state2)
+    assert torch.equal(first.points, kept)  # the old query is untouched
+    assert torch.equal(second.points, ZOSGD(q=4, dtype="float32").ask(state2).points)
+    assert isinstance(info.value, float) and isinstance(info.extra["grad_norm"], float)
+    again, _ = ZOSGD(q=4, dtype="float32").tell(state, first, Answer(values=quadratic(first.points)))
+    assert torch.equal(again["x"], state2["x"])  # type: ignore[arg-type]  # cache miss: same step
 
 
 def test_tell_rejects_wrong_value_count() -> None:
@@ -219,3 +237,46 @@ def test_configs_validate_and_forward_hparams() -> None:
             ZOSGDConfig(**bad)  # type: ignore[arg-type]
     with pytest.raises(ValidationError):
         ZOAdamConfig(betas=(0.9, 1.0))
+
+
+
+@CUDA
+@pytest.mark.parametrize("hparams", [{"q": 4}, {"q": 3, "clip_norm": 0.5},
+                                     {"q": 3, "directions": "sphere", "difference": "central"}])
+def test_cuda_step_stays_on_the_device_syncs_once_and_matches_cpu(hparams: dict[str, object]) -> None:
+    curv = CURV.cuda()
+
+    def f(points: Tensor) -> Tensor:
+        return 0.5 * (curv * points * points).sum(1)
+
+    algo = ZOSGD(lr=0.02, **hparams)  # type: ignore[arg-type]
+    state = algo.init(torch.linspace(-1, 1, 10, dtype=torch.float64).cuda(), seed=2)
+    query = algo.ask(state)
+    state, _ = algo.tell(state, query, Answer(values=f(query.points)))  # warm-up: lazy CUDA init may sync
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        query = algo.ask(state)  # ask and the objective: no host sync
+        values = f(query.points)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            new, info = algo.tell(state, query, Answer(values=values))
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = [str(w.message) for w in caught if "synchroniz" in str(w.message)]
+    assert len(syncs) == 1, syncs  # one transfer per step: f(x) and ‖ĝ‖ together
+    assert all(v.device.type == "cuda" for v in new.values() if isinstance(v, Tensor))
+    assert algo._last is not None and algo._last[0] is query.points
+    aux = algo._last[1]
+    assert aux.directions is not None and aux.directions.device.type == "cuda"
+    grad, fx = gradient(values.cpu(), Plan(aux.directions.cpu(), aux.scale, aux.mu, aux.central))
+    clip = hparams.get("clip_norm")
+    factor = min(1.0, float(clip) / float(grad.norm())) if isinstance(clip, float) else 1.0
+    x = state["x"].cpu()  # type: ignore[union-attr]
+    torch.testing.assert_close(new["x"].cpu(), x - 0.02 * factor * grad, rtol=1e-12, atol=1e-14)  # type: ignore[union-attr]
+    assert info.value == pytest.approx(float(fx), rel=1e-14)
+    assert info.extra["grad_norm"] == pytest.approx(float(grad.norm()), rel=1e-12)

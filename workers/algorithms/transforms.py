@@ -86,8 +86,8 @@ def clip_by_norm(max_norm: float) -> Transform:
         raise ValueError(f"max_norm must be > 0, got {max_norm!r}")
 
     def update(g: Tensor, state: Mapping[str, Tensor], step: int) -> tuple[Tensor, TState]:
-        norm = float(torch.linalg.vector_norm(g))
-        return (g * (max_norm / norm) if norm > max_norm else g), {}
+        # ĝ / max(1, ‖ĝ‖/C) on the device: no host sync, and ĝ / 1 leaves ĝ bit for bit
+        return g / (torch.linalg.vector_norm(g) / max_norm).clamp(min=1.0), {}
 
     return Transform(lambda x: {}, update)
 
