@@ -38,11 +38,10 @@ chromium:
 openapi: $(VENV)/.installed
 	$(PY) scripts/gen_openapi.py
 
+# The CPU set, algorithm benches in --quick mode; last JSON lines → bench/out/results.jsonl.
+# BENCH_ARGS: e.g. --full (algorithm benches at full size), --scaleout, or bench names.
 bench: $(VENV)/.dev
-	$(PY) bench/overhead.py
-	$(PY) bench/engine.py
-	$(PY) bench/events_latency.py
-	$(PY) bench/api_load.py
+	$(PY) bench/collect.py $(BENCH_ARGS)
 
 clean:
 	rm -rf .zoserve test-output bench/out build

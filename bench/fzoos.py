@@ -11,7 +11,8 @@ Every query counts (initial batch, server-side acceptance checks, SCAFFOLD-I con
 gap is an exact, uncounted measurement. ``fzoos`` is the default config (γ "adaptive", ours);
 ``fzoos-decay`` is the official code's γ schedule. The last line printed is one JSON object.
 
-Run: ``OMP_NUM_THREADS=1 PYTHONPATH=.:client .venv/bin/python bench/fzoos.py``
+Run: ``OMP_NUM_THREADS=1 PYTHONPATH=.:client .venv/bin/python bench/fzoos.py`` (``--quick``: one seed
+and R = 5 in (b); the queries in (a) do not depend on the seed, so ``ratio`` is the same)
 """
 
 from __future__ import annotations
@@ -49,7 +50,10 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--rounds-a", type=int, default=12)
     ap.add_argument("--rounds-b", type=int, default=15)
+    ap.add_argument("--quick", action="store_true", help="1 seed, R = 5 in (b) (make bench); (a) unchanged")
     args = ap.parse_args()
+    if args.quick:
+        args.seeds, args.rounds_b = 1, 5
     torch.set_num_threads(1)
     t_start = time.perf_counter()
     seeds = list(range(args.seeds))
@@ -92,7 +96,7 @@ def main() -> None:
         "bench": "fzoos", "ratio": None if ratio is None else round(ratio, 4), "target": RATIO_TARGET,
         "gap_target": GAP_TARGET, "queries_to_target": qt, "final_gap_a": {k: [float(f"{g:.3e}") for g in v] for k, v in final_a.items()},
         "shifted": shifted, "shifted_queries": queries_b, "time_ratio": round(t_fz / t_fed, 1),
-        "sec_per_round": {k: round(statistics.fmean(v), 4) for k, v in sec_round.items()}, "seconds": round(total, 1),
+        "sec_per_round": {k: round(statistics.fmean(v), 4) for k, v in sec_round.items()}, "seconds": round(total, 1), "quick": args.quick,
     }  # fmt: skip
     print(json.dumps(out))
 

@@ -8,7 +8,7 @@ machine has 2 cores: CPU-bound jobs could not scale past 2 workers here, so that
 the machine, not the service. Jobs span several segments, so they hop between workers.
 Last line: JSON with ``ratio`` = jobs/min(3 workers) / jobs/min(1 worker).
 
-    python bench/scaleout.py [--jobs 20] [--steps 50] [--latency-ms 40]
+    python bench/scaleout.py [--jobs 20] [--steps 50] [--latency-ms 40] [--quick (10 jobs)]
 """
 
 from __future__ import annotations
@@ -80,7 +80,10 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--latency-ms", type=float, default=40.0)
     p.add_argument("--segment-seconds", type=float, default=1.0)
+    p.add_argument("--quick", action="store_true", help="10 jobs (make bench --scaleout)")
     args = p.parse_args()
+    if args.quick:
+        args.jobs = 10
     rates: dict[int, float] = {}
     for n in (1, 2, 3):
         res = run(n, args.jobs, args.steps, args.latency_ms, args.segment_seconds)
@@ -88,7 +91,7 @@ def main() -> None:
         rates[n] = float(res["jobs_per_min"])  # type: ignore[arg-type]
     print(json.dumps({"bench": "scaleout", "ratio": round(rates[3] / rates[1], 2), "target": TARGET,
                       "jobs_per_min": rates, "jobs": args.jobs, "steps": args.steps, "latency_ms": args.latency_ms,
-                      "ratio_2": round(rates[2] / rates[1], 2)}))
+                      "ratio_2": round(rates[2] / rates[1], 2), "quick": args.quick}))
 
 
 if __name__ == "__main__":
