@@ -1,13 +1,17 @@
 """API load: job-create requests/s and latency with one and with two uvicorn workers.
 
 A loopback load loop (one asyncio process, ``--concurrency`` requests in flight on keep-alive
-connections) POSTs ``/v1/jobs`` — validation, the CREATE Lua script, the job read-back and the
-Celery enqueue (a real broker publish into the embedded Redis; no worker consumes it) — against
-``uvicorn --workers N --factory service.app:create_app`` (auth disabled, so no rate limit; the
-per-tenant quota of unfinished jobs is lifted, as nothing finishes them). Every run is bounded by
-``--requests`` and ``--seconds``, after a warm-up. Both servers (each with its own embedded
+connections) POSTs ``/v1/jobs`` against ``uvicorn --workers N --factory service.app:create_app``
+(auth disabled, so no rate limit; the per-tenant quota of unfinished jobs is lifted, as nothing
+finishes them): validation, the CREATE Lua script, and the Celery enqueue that the API's sender
+makes right after the 201 (a real broker publish into the embedded Redis; no worker consumes it).
+A run ends when the API's outbox is empty, so every send counts in its time. Every run is bounded
+by ``--requests`` and ``--seconds``, after a warm-up. Both servers (each with its own embedded
 Redis) are up at once and loaded in turn, in ``--rounds`` alternating rounds, so the slow spells
-of a shared machine fall on both sides; rates and latencies are pooled over the rounds.
+of a shared machine fall on both sides. Figures are medians over the rounds; the ratio is the
+median of the rounds' own ratios. ``cpu ms`` is the API processes' CPU time per 201 (psutil),
+which other load on the machine disturbs far less than req/s. uvicorn runs with its defaults,
+``http="auto"`` and ``loop="auto"``: httptools and uvloop when installed (the ``server`` extra).
 
 Two load generators run against the same servers:
 
@@ -27,8 +31,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
+import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -40,6 +46,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _serve import percentile, redis_and_api  # noqa: E402
 
 import httpx  # noqa: E402
+import psutil  # noqa: E402
+import redis  # noqa: E402
+
+from service import keys  # noqa: E402
 
 SPEC = {"algorithm": "zo-sgd", "objective": {"kind": "builtin", "function": "sphere", "dim": 10},
         "budget": {"max_steps": 100}}
@@ -83,8 +93,10 @@ async def raw_posters(url: str, n: int) -> tuple[list[Post], Callable[[], Awaita
     return [poster(r, w) for r, w in conns], close
 
 
-async def load(url: str, kind: str, concurrency: int, requests: int, seconds: float) -> dict[str, float]:
-    """``concurrency`` posters POST until ``requests`` are done or ``seconds`` have passed."""
+async def load(url: str, outbox: redis.Redis, kind: str, concurrency: int, requests: int,
+               seconds: float) -> dict[str, float]:
+    """``concurrency`` posters POST until ``requests`` are done or ``seconds`` have passed; the run
+    ends when their jobs' messages are in the broker (``outbox`` is the API's Redis)."""
     posters, close = await (raw_posters if kind == "raw" else httpx_posters)(url, concurrency)
     lat: list[float] = []
     codes: dict[int, int] = {}
@@ -107,37 +119,68 @@ async def load(url: str, kind: str, concurrency: int, requests: int, seconds: fl
         await asyncio.gather(*(worker(p) for p in posters))
     finally:
         await close()
+    await sent(outbox)
     wall = time.perf_counter() - t0
     lat.sort()
     if codes:
         print(f"  non-201 answers ({kind}): {codes}", file=sys.stderr)
-    return {"requests": len(lat), "errors": sum(codes.values()), "seconds": wall, "rps": len(lat) / wall,
-            "p50_ms": percentile(lat, 50) * 1e3, "p99_ms": percentile(lat, 99) * 1e3, "latencies": lat}  # type: ignore[dict-item]
+    return {"requests": len(lat), "errors": sum(codes.values()), "rps": len(lat) / wall,
+            "p50_ms": percentile(lat, 50) * 1e3, "p99_ms": percentile(lat, 99) * 1e3}
 
 
-def run(args: argparse.Namespace) -> dict[tuple[int, str], dict[str, float]]:
+async def sent(outbox: redis.Redis, timeout: float = 30) -> None:
+    """Until the API has handed every created job to the broker (it sends after the 201)."""
+    deadline = time.perf_counter() + timeout
+    while outbox.zcard(keys.OUTBOX) and time.perf_counter() < deadline:
+        await asyncio.sleep(0.002)
+
+
+def api_processes(url: str) -> list[psutil.Process]:
+    """The uvicorn process serving ``url`` and its worker processes."""
+    port = str(urlsplit(url).port)
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = p.info["cmdline"] or []
+        if "uvicorn" in cmd and port in cmd:
+            return [p, *p.children(recursive=True)]
+    raise RuntimeError(f"no uvicorn process for {url}")
+
+
+def cpu_seconds(procs: list[psutil.Process]) -> float:
+    return sum(t.user + t.system for t in (p.cpu_times() for p in procs))
+
+
+def run(args: argparse.Namespace) -> tuple[dict[tuple[int, str], dict[str, float]], dict[str, float]]:
     """Both servers (1 and 2 workers) up at once, loaded in turn for ``--rounds`` alternating rounds,
-    so slow spells of this shared machine hit both; returns pooled figures per (workers, client)."""
-    lat: dict[tuple[int, str], list[float]] = {}
-    tally: dict[tuple[int, str], list[float]] = {}
+    so slow spells of this shared machine hit both. Returns per (workers, client) the medians over
+    the rounds (requests and errors summed), and per client the median of the rounds' 2 ÷ 1 ratios."""
+    runs: dict[tuple[int, str], list[dict[str, float]]] = {}
     # no worker drains the queue, so every job stays in flight: lift the per-tenant quota (429s otherwise)
     with ExitStack() as stack:
-        urls = {w: stack.enter_context(redis_and_api(workers=w, ZOSERVE_MAX_JOBS_IN_FLIGHT="0"))[1] for w in (1, 2)}
-        for url in urls.values():
-            asyncio.run(load(url, "httpx", args.concurrency, args.warmup, 30))  # imports, pools, caches
+        servers = {w: stack.enter_context(redis_and_api(workers=w, ZOSERVE_MAX_JOBS_IN_FLIGHT="0")) for w in (1, 2)}
+        urls = {w: api_url for w, (_, api_url, _) in servers.items()}
+        outboxes = {w: redis.Redis.from_url(redis_url) for w, (redis_url, _, _) in servers.items()}
+        procs = {w: api_processes(url) for w, url in urls.items()}
+        for w, url in urls.items():
+            asyncio.run(load(url, outboxes[w], "httpx", args.concurrency, args.warmup, 30))  # imports, pools, caches
         for _ in range(args.rounds):
             for w, url in urls.items():
                 for kind in ("raw", "httpx"):
-                    r = asyncio.run(load(url, kind, args.concurrency, args.requests, args.seconds))
-                    lat.setdefault((w, kind), []).extend(r.pop("latencies"))  # type: ignore[arg-type]
-                    t = tally.setdefault((w, kind), [0.0, 0.0, 0.0])
-                    t[0], t[1], t[2] = t[0] + r["requests"], t[1] + r["errors"], t[2] + r["seconds"]
-    out = {}
-    for key, (n, errors, secs) in tally.items():
-        ls = sorted(lat[key])
-        out[key] = {"requests": int(n), "errors": int(errors), "rps": n / secs,
-                    "p50_ms": percentile(ls, 50) * 1e3, "p99_ms": percentile(ls, 99) * 1e3}
-    return out
+                    cpu0 = cpu_seconds(procs[w])
+                    r = asyncio.run(load(url, outboxes[w], kind, args.concurrency, args.requests, args.seconds))
+                    r["cpu_ms"] = (cpu_seconds(procs[w]) - cpu0) / max(r["requests"], 1) * 1e3
+                    runs.setdefault((w, kind), []).append(r)
+    out = {key: {"requests": sum(r["requests"] for r in rs), "errors": sum(r["errors"] for r in rs),
+                 **{m: statistics.median(r[m] for r in rs) for m in ("rps", "p50_ms", "p99_ms", "cpu_ms")}}
+           for key, rs in runs.items()}
+    ratios = {kind: statistics.median(two["rps"] / one["rps"] for one, two in zip(runs[(1, kind)], runs[(2, kind)]))
+              for kind in ("raw", "httpx")}
+    return out, ratios
+
+
+def server_stack() -> dict[str, str]:
+    """What uvicorn's ``http="auto"`` and ``loop="auto"`` pick in this environment."""
+    have = lambda name: importlib.util.find_spec(name) is not None  # noqa: E731
+    return {"http": "httptools" if have("httptools") else "h11", "loop": "uvloop" if have("uvloop") else "asyncio"}
 
 
 def main() -> None:
@@ -145,31 +188,35 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--requests", type=int, default=3000, help="per run (one client, one server, one round)")
     ap.add_argument("--seconds", type=float, default=3.0, help="per run")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=300)
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     if args.quick:
         args.requests, args.seconds, args.warmup, args.rounds = 1000, 2.0, 100, 1
-    res = run(args)
-    print(f"job create (POST /v1/jobs → 201, Celery enqueue included), loopback, {args.concurrency} in flight, "
-          f"{os.cpu_count()} CPUs shared by the load generator, the API and Redis")
-    print(f"  {'client':<6} {'workers':>7} {'requests':>8} {'errors':>6} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
+    res, ratios = run(args)
+    stack = server_stack()
+    print(f"job create (POST /v1/jobs → 201), loopback, {args.concurrency} in flight, uvicorn {stack['http']} + "
+          f"{stack['loop']}, {os.cpu_count()} CPUs shared by the load generator, the API and Redis; "
+          f"medians of {args.rounds} rounds")
+    print(f"  {'client':<6} {'workers':>7} {'requests':>8} {'errors':>6} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
+          f"{'cpu ms':>7}")
     for kind in ("raw", "httpx"):
         for w in (1, 2):
             r = res[(w, kind)]
             print(f"  {kind:<6} {w:>7} {r['requests']:>8} {r['errors']:>6} {r['rps']:>8.1f} {r['p50_ms']:>8.2f} "
-                  f"{r['p99_ms']:>8.2f}")
+                  f"{r['p99_ms']:>8.2f} {r['cpu_ms']:>7.2f}")
     raw, hx = (res[(1, "raw")], res[(2, "raw")]), (res[(1, "httpx")], res[(2, "httpx")])
-    print(json.dumps({"bench": "api_load", "ratio": round(raw[1]["rps"] / raw[0]["rps"], 4), "target": TARGET,
-                      "ratio_httpx": round(hx[1]["rps"] / hx[0]["rps"], 4),
+    print(json.dumps({"bench": "api_load", "ratio": round(ratios["raw"], 4), "target": TARGET,
+                      "ratio_httpx": round(ratios["httpx"], 4),
                       "rps_1": round(raw[0]["rps"], 1), "rps_2": round(raw[1]["rps"], 1),
                       "p50_ms_1": round(raw[0]["p50_ms"], 2), "p99_ms_1": round(raw[0]["p99_ms"], 2),
                       "p50_ms_2": round(raw[1]["p50_ms"], 2), "p99_ms_2": round(raw[1]["p99_ms"], 2),
+                      "cpu_ms_per_create_1": round(raw[0]["cpu_ms"], 3), "cpu_ms_per_create_2": round(raw[1]["cpu_ms"], 3),
                       "rps_httpx_1": round(hx[0]["rps"], 1), "rps_httpx_2": round(hx[1]["rps"], 1),
                       "p99_ms_httpx_1": round(hx[0]["p99_ms"], 2), "p99_ms_httpx_2": round(hx[1]["p99_ms"], 2),
                       "errors": sum(r["errors"] for r in res.values()), "concurrency": args.concurrency,
-                      "rounds": args.rounds, "seconds_per_run": args.seconds, "cpus": os.cpu_count()}))
+                      "rounds": args.rounds, "seconds_per_run": args.seconds, "cpus": os.cpu_count(), **stack}))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from .api.routes import keys as api_keys
 from .embedded import EmbeddedRedis
 from .limits import BodyLimit
 from .problems import install_handlers
-from .queue import make_celery
+from .queue import Sender, make_celery
 from .security import KeyRing
 from .settings import Settings, get_settings
 from .web import routes as web_routes
@@ -52,10 +52,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.store = JobStore(client)
         app.state.celery = make_celery(settings, url)
+        app.state.sender = Sender(app.state.store.sent_many)  # new jobs' segments go to the broker off the loop
         app.state.keyring = KeyRing(settings, client)  # static keys, then runtime keys in Redis; rate limits
         try:
             yield
         finally:
+            await app.state.sender.aclose()  # sends what is queued while Redis is still open
             await app.state.store.aclose()  # stops the SSE fan-out reader before Redis closes
             await client.aclose()
             if embedded:

@@ -1,4 +1,4 @@
-"""The Celery side the API needs: configuration and enqueueing segments by task name.
+"""The Celery side the API needs: configuration, enqueueing segments by task name, and the sender.
 
 The API never imports the workers; it sends ``zoserve.run_segment(job_id, ticket)`` by name
 after the job record is written. Only ids travel through the broker; the spec stays in Redis.
@@ -6,13 +6,20 @@ after the job record is written. Only ids travel through the broker; the spec st
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import anyio
 from celery import Celery
 from kombu import Queue
 
 from .settings import Settings
 
+log = logging.getLogger(__name__)
 RUN_SEGMENT = "zoserve.run_segment"
 QUEUES = ("cpu", "gpu")
+Segment = tuple[str, str]  # (job id, ticket)
 
 
 def make_celery(settings: Settings, redis_url: str) -> Celery:
@@ -41,5 +48,84 @@ def make_celery(settings: Settings, redis_url: str) -> Celery:
 
 
 def enqueue_segment(app: Celery, job_id: str, ticket: str, queue: str | None, countdown: float | None = None) -> None:
-    """Send one segment of a job to its queue."""
-    app.send_task(RUN_SEGMENT, args=[job_id, ticket], queue=queue or "cpu", countdown=countdown)
+    """Send one segment of a job to its queue.
+
+    ``ignore_result``: nobody waits for a segment's result, and without it ``send_task`` subscribes
+    to the result's pub/sub channel (and unsubscribes when the AsyncResult is dropped): two more
+    broker round trips per send."""
+    app.send_task(RUN_SEGMENT, args=[job_id, ticket], queue=queue or "cpu", countdown=countdown, ignore_result=True)
+
+
+class Sender:
+    """Sends the API's new segments to the broker from worker threads, after the 201 (one per process).
+
+    ``send_task`` is synchronous (two broker round trips: the message and the ``task-sent`` event)
+    and, run by the route, blocked the event loop for a third of a create. The route now only queues the
+    segment here; a background task takes whatever has queued up, sends it spread over up to
+    ``threads`` threads and drops those outbox entries with one ZREM. One thread was not enough:
+    a send waits for each round trip, then for the GIL and the CPU (on a busy 2-core machine
+    ~11 ms a send, so the sender, not the API, set the rate with two workers). A thread per request
+    (``run_in_threadpool``) cost 1.4–1.8× the API CPU per create of this sender (bench/api_load.py setup).
+
+    Nothing is lost by answering first: the job and its outbox entry were written together
+    (``scripts.CREATE``), and a worker's reaper re-sends every entry still there after one period.
+    So a process that dies with segments queued here, or a broker error (that segment and the rest
+    of its thread's share stay in the outbox), delays those jobs by one reaper period; a duplicate
+    send is harmless (the second message finds its ticket used). The queue is small: when the
+    sender falls behind, creates wait for room, so a job's message trails its 201 by at most
+    2 × ``maxsize`` sends (a batch in flight, a full queue).
+    """
+
+    def __init__(self, sent: Callable[[list[Segment]], Awaitable[None]], maxsize: int = 64, threads: int = 4):
+        self._sent = sent  # drops the outbox entries of segments that are in the broker
+        self._queue: asyncio.Queue[tuple[Celery, str, str, str | None]] = asyncio.Queue(maxsize)
+        self._threads = threads
+        self._task: asyncio.Task[None] | None = None
+
+    async def send(self, app: Celery, job_id: str, ticket: str, queue: str | None) -> None:
+        """Queue one segment for the broker (waits only while ``maxsize`` segments are queued)."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="zoserve-sender")
+        await self._queue.put((app, job_id, ticket, queue))
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            shares = [batch[i::self._threads] for i in range(min(self._threads, len(batch)))]
+            try:
+                sent = await asyncio.gather(*(anyio.to_thread.run_sync(_send_all, share) for share in shares))
+                done = [segment for share in sent for segment in share]
+                if done:
+                    await self._sent(done)
+            except Exception:  # noqa: BLE001 - the sender must outlive a Redis restart; the reaper covers
+                log.exception("dropping the outbox entries of %d sent segments failed", len(batch))
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    async def aclose(self, timeout: float = 5.0) -> None:
+        """Send what is queued (for up to ``timeout`` s; the reaper sends what is left), then stop."""
+        if self._task is None:
+            return
+        try:
+            await asyncio.wait_for(self._queue.join(), timeout)
+        except TimeoutError:
+            log.warning("stopping before every queued segment was sent: a worker's reaper sends the rest")
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+
+def _send_all(batch: list[tuple[Celery, str, str, str | None]]) -> list[Segment]:
+    """Send in order; at the first broker error, leave the rest to the reaper. Returns what was sent."""
+    done: list[Segment] = []
+    for app, job_id, ticket, queue in batch:
+        try:
+            enqueue_segment(app, job_id, ticket, queue)
+        except Exception:  # noqa: BLE001 - kombu raises many types; the outbox entries stay
+            log.warning("broker send failed; %d segments stay in the outbox for the reaper", len(batch) - len(done),
+                        exc_info=True)
+            break
+        done.append((job_id, ticket))
+    return done

@@ -66,11 +66,13 @@ class JobStore:
         self._answer = client.register_script(scripts.ANSWER)
 
     async def create_job(self, tenant: str, spec: BaseModel, idem_key: str | None,
-                         max_in_flight: int = 0) -> tuple[str, bool]:
-        """Record a queued job; returns ``(job_id, created)``; ``created`` is False on an idempotent replay.
+                         max_in_flight: int = 0) -> tuple[dict[str, str], bool]:
+        """Record a queued job; returns ``(hash, created)``, ``created`` False on an idempotent replay.
 
-        Raises :class:`QuotaExceeded` when the tenant already has ``max_in_flight`` (> 0) unfinished jobs.
-        The first segment is recorded in the outbox: call :meth:`sent` once it is enqueued."""
+        The hash is the job's as :meth:`get_hash` reads it; a new job's is the fields just written
+        (all but ``seq``), not read back. Raises :class:`QuotaExceeded` when the tenant already has
+        ``max_in_flight`` (> 0) unfinished jobs. The first segment is recorded in the outbox: call
+        :meth:`sent` once it is enqueued (``queue.Sender`` does)."""
         job_id = "job_" + uuid.uuid4().hex
         digest = body_hash(spec) if idem_key else ""
         now = now_iso()
@@ -96,8 +98,10 @@ class JobStore:
             old_id, old_digest = existing.decode().split("|", 1)
             if old_digest != digest:
                 raise IdempotencyConflict(idem_key)
-            return old_id, False
-        return job_id, True
+            h = await self.get_hash(tenant, old_id)
+            assert h is not None, old_id  # jobs are never deleted, and the key is the tenant's
+            return h, False
+        return fields, True
 
     async def get_hash(self, tenant: str, job_id: str) -> dict[str, str] | None:
         """The job's hash, or None if it does not exist or belongs to another tenant."""
@@ -192,6 +196,10 @@ class JobStore:
     async def sent(self, job_id: str, ticket: str) -> None:
         """The segment ``(job_id, ticket)`` is in the broker: drop its outbox entry (else a reaper re-sends it)."""
         await self.r.zrem(keys.OUTBOX, outbox_member(job_id, ticket))
+
+    async def sent_many(self, segments: list[tuple[str, str]]) -> None:
+        """:meth:`sent` for several ``(job_id, ticket)`` segments in one command."""
+        await self.r.zrem(keys.OUTBOX, *(outbox_member(job_id, ticket) for job_id, ticket in segments))
 
     async def workers_alive(self, window_s: float) -> int:
         return int(await self.r.zcount(keys.WORKERS, time.time() - window_s, "+inf"))

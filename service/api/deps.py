@@ -14,15 +14,17 @@ from ..settings import Settings
 from ..store import JobStore
 
 
-def get_app_settings(request: Request) -> Settings:
+# ``async`` only so that FastAPI calls these inline: a plain ``def`` dependency runs in the thread
+# pool, one thread hop per dependency per request.
+async def get_app_settings(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
-def get_store(request: Request) -> JobStore:
+async def get_store(request: Request) -> JobStore:
     return request.app.state.store  # type: ignore[no-any-return]
 
 
-def get_celery(request: Request) -> Celery:
+async def get_celery(request: Request) -> Celery:
     return request.app.state.celery  # type: ignore[no-any-return]
 
 

@@ -16,8 +16,8 @@ import redis.asyncio as aioredis
 from kombu import Connection, Exchange, Producer
 
 from service import keys, scripts
-from service.embedded import EmbeddedRedis
-from service.queue import RUN_SEGMENT, enqueue_segment, make_celery
+from service.embedded import EmbeddedRedis, free_port
+from service.queue import RUN_SEGMENT, Sender, enqueue_segment, make_celery
 from service.settings import Settings
 from service.store import JobStore
 from tests.conftest import OUT
@@ -38,8 +38,8 @@ def create(url: str, body: dict[str, object] = SPEC, tenant: str = "t") -> tuple
         client = aioredis.Redis.from_url(url)
         try:
             store = JobStore(client)
-            job_id, _ = await store.create_job(tenant, job_create_adapter.validate_python(body), None)
-            return job_id, (await client.hget(keys.job(job_id), "ticket")).decode()
+            h, _ = await store.create_job(tenant, job_create_adapter.validate_python(body), None)
+            return h["id"], (await client.hget(keys.job(h["id"]), "ticket")).decode()
         finally:
             await client.aclose()
 
@@ -144,6 +144,38 @@ def test_reaper_finds_a_message_that_vanished_from_the_broker(bare: tuple[str, r
     r.hset(keys.job(queued), "status", "succeeded")
     reaper.find_vanished()
     assert not r.sismember(keys.ACTIVE, queued) and r.sismember(keys.ACTIVE, lost)
+
+
+def test_sender_drops_sent_entries_and_leaves_a_failed_send_to_the_reaper(
+        bare: tuple[str, redis.Redis], tmp_path: Path) -> None:
+    """The API's Sender: what it sends leaves the outbox; a send the broker refused stays there (the
+    reaper's to send), and neither the rest of its batch nor the next batch is held up."""
+    url, r = bare
+    settings = Settings(redis_url=url, data_dir=tmp_path)
+    celery = make_celery(settings, url)
+    down = make_celery(settings, f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    down.conf.update(task_publish_retry=False, broker_transport_options={"max_retries": 0})  # fail at once
+    first, failed, after, later = (create(url) for _ in range(4))
+
+    async def go() -> None:
+        client = aioredis.Redis.from_url(url)
+        sender = Sender(JobStore(client).sent_many)
+        try:
+            for app, (job_id, ticket) in ((celery, first), (down, failed), (celery, after)):  # one batch
+                await sender.send(app, job_id, ticket, None)
+            for _ in range(200):  # until that batch is done
+                if await client.zscore(keys.OUTBOX, "|".join(first)) is None:
+                    break
+                await asyncio.sleep(0.05)
+            await sender.send(celery, *later, None)  # the next batch
+        finally:
+            await sender.aclose()
+            await client.aclose()
+
+    asyncio.run(go())
+    sent = [json.loads(m)["headers"]["argsrepr"] for m in r.lrange("cpu", 0, -1)]
+    assert sorted(sent) == sorted(repr(list(segment)) for segment in (first, after, later))
+    assert [m.decode() for m in r.zrange(keys.OUTBOX, 0, -1)] == ["|".join(failed)]
 
 
 def test_lost_send_still_runs_on_the_live_stack(redis_server: EmbeddedRedis, worker: object) -> None:

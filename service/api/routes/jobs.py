@@ -5,13 +5,13 @@ from __future__ import annotations
 import base64
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Header, Query, Response
+from fastapi import APIRouter, Body, Header, Query, Request, Response
 
 from zoserve.models.endpoint import URLRefused, check_url_static
 from zoserve.models.jobs import Job, JobCreate, JobPage, JobStatus
 
 from ...problems import NotFound, TooManyRequests, Unprocessable
-from ...queue import enqueue_segment
+from ...queue import Sender
 from ...records import job_from_hash
 from ...settings import Settings
 from ...store import IdempotencyConflict, QuotaExceeded
@@ -23,6 +23,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 @router.post("", status_code=201, response_model=Job, summary="Submit a job")
 async def create_job(
     spec: Annotated[JobCreate, Body()],  # type: ignore[valid-type]
+    request: Request,
     response: Response,
     tenant: TenantDep,
     store: StoreDep,
@@ -34,21 +35,19 @@ async def create_job(
     _check_caps(spec, settings)
     _check_urls(spec, settings)
     try:
-        job_id, created = await store.create_job(tenant, spec, idempotency_key, settings.max_jobs_in_flight)
+        h, created = await store.create_job(tenant, spec, idempotency_key, settings.max_jobs_in_flight)
     except IdempotencyConflict:
         raise Unprocessable("Idempotency-Key was already used with a different request body") from None
     except QuotaExceeded as exc:
         raise TooManyRequests(f"{exc.in_flight} jobs in flight: this server allows {settings.max_jobs_in_flight} "
                               "unfinished jobs per tenant; wait for some to finish or cancel them",
                               retry_after=QUOTA_RETRY_AFTER) from None
-    h = await store.get_hash(tenant, job_id)
-    assert h is not None
-    if created:
-        enqueue_segment(celery, job_id, h["ticket"], spec.queue)
-        await store.sent(job_id, h["ticket"])  # if we die before this line, a worker's reaper sends it
+    if created:  # the 201 does not wait for the broker: the job and its outbox entry are written (see Sender)
+        sender: Sender = request.app.state.sender
+        await sender.send(celery, h["id"], h["ticket"], spec.queue)
     else:
         response.headers["Idempotent-Replayed"] = "true"
-    response.headers["Location"] = f"/v1/jobs/{job_id}"
+    response.headers["Location"] = f"/v1/jobs/{h['id']}"
     return job_from_hash(h, settings.public_url)
 
 
