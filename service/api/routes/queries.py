@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 
 from zoserve.models.jobs import Job
 from zoserve.models.queries import PendingQuery, QueryAnswer, QueryPage
 
 from ...problems import Conflict, NotFound, Unprocessable
-from ...queue import enqueue_segment
+from ...queue import Sender
 from ...records import job_from_hash
 from ...store import StoreConflict
 from ..deps import CeleryDep, JobHashDep, SettingsDep, StoreDep, TenantDep
@@ -27,7 +27,7 @@ async def list_queries(job: JobHashDep, store: StoreDep,
 
 
 @router.post("/{job_id}/queries/{query_id}/answer", response_model=Job, status_code=202, summary="Answer a pending query")
-async def answer_query(query_id: str, answer: QueryAnswer, job: JobHashDep, store: StoreDep,
+async def answer_query(query_id: str, answer: QueryAnswer, request: Request, job: JobHashDep, store: StoreDep,
                        celery: CeleryDep, settings: SettingsDep, tenant: TenantDep) -> Job:
     """Values (one per point) or a ranking (candidate ids, best first). Stale or duplicate → 409."""
     query = await store.get_query(job["id"], query_id)
@@ -40,8 +40,8 @@ async def answer_query(query_id: str, answer: QueryAnswer, job: JobHashDep, stor
         raise Conflict(str(exc)) from None
     except KeyError:
         raise NotFound(f"job {job['id']} has no query {query_id}") from None
-    enqueue_segment(celery, job["id"], ticket, json.loads(job["spec_public"]).get("queue"))
-    await store.sent(job["id"], ticket)  # if we die before this line, a worker's reaper sends it
+    sender: Sender = request.app.state.sender  # off the event loop; the outbox entry covers a crash (see Sender)
+    await sender.send(celery, job["id"], ticket, json.loads(job["spec_public"]).get("queue"))
     h = await store.get_hash(tenant, job["id"])
     if h is None:
         raise NotFound(f"no job {job['id']}")
