@@ -7,6 +7,7 @@ every factory in ``FACTORIES``; add an adapter there to hold it to the same cont
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import time
@@ -161,6 +162,32 @@ def test_params_mode_sends_the_fixed_payload(server: RunningServer) -> None:
     obj = endpoint(server, "/sphere", dim=3, input_mode="params", output="scalar", targets=None, payload={"center": 2.0})
     got = evaluate(obj, torch.tensor([[2.0, 2.0, 2.0], [0.0, 1.0, 2.0]], dtype=torch.float64)).answer.values
     torch.testing.assert_close(got, torch.tensor([0.0, 5.0], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("protocol", ["json", "v2"])
+def test_request_bodies_carry_every_digit_and_the_payload(protocol: str) -> None:
+    bodies: list[Any] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:  # no network at all
+        body = json.loads(request.content)
+        bodies.append(body)
+        n = len(body["inputs"]) if protocol == "json" else body["inputs"][0]["shape"][0]
+        v2 = [{"name": "y", "shape": [n, 1], "datatype": "FP64", "data": [1.0] * n}]
+        return httpx.Response(200, json={"outputs": [[1.0]] * n if protocol == "json" else v2})
+
+    payload = {"big": 2**70, "tag": "x"} if protocol == "json" else {"tag": "x"}  # 2**70: past orjson's integers
+    fields: dict[str, Any] = {"model": "m"} if protocol == "v2" else {}
+    spec = EndpointSpec(url="http://127.0.0.1:9/p", dim=3, output="scalar", targets=None, batch_size=2,
+                        protocol=protocol, payload=payload, **fields)
+    points = torch.randn(3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 1e-3 + 7.0
+    evaluate(EndpointObjective(spec, allow=ALLOW, transport=httpx.MockTransport(handler)), points)
+    if protocol == "json":
+        assert [b["inputs"] for b in bodies] == [points[:2].tolist(), points[2:].tolist()]  # exact round trip
+        assert all(b["big"] == 2**70 and b["tag"] == "x" for b in bodies)
+    else:
+        assert [b["inputs"][0]["data"] for b in bodies] == [points[:2].flatten().tolist(), points[2].tolist()]
+        assert [b["inputs"][0]["shape"] for b in bodies] == [[2, 3], [1, 3]]
+        assert all(b["parameters"] == {"tag": "x"} for b in bodies)
 
 
 def test_perturbation_inputs_stay_within_epsilon_and_bounds() -> None:

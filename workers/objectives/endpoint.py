@@ -26,15 +26,19 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import json
+import logging
 import math
 import random
+import ssl
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 import httpcore
 import httpx
+import orjson
 import torch
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 from torch import Tensor
@@ -56,6 +60,10 @@ MAX_RESPONSE_BYTES = 64 * 2**20
 EXCERPT_CHARS = 200
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _T = TypeVar("_T")
+
+# httpx logs every request at INFO with its full URL, and workers run at INFO: a log line per
+# request (256 a step at batch size 1), and the query string may hold a credential.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 class _Retryable(Exception):
@@ -140,15 +148,22 @@ def loss_of_outputs(outputs: Tensor, spec: EndpointSpec) -> Tensor:
     return -values if spec.negate else values
 
 
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    """One TLS context per process: loading the CA bundle takes ~80 ms, and a segment builds a new
+    transport each time. Sharing is safe: every guarded pool sets the same ALPN (http/1.1, h2)."""
+    return httpx.create_ssl_context()
+
+
 def guarded_transport(allow: Sequence[str], max_connections: int) -> httpx.AsyncHTTPTransport:
     """An HTTP/2-capable transport whose every TCP connect goes through :class:`GuardedBackend`."""
     limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-    transport = httpx.AsyncHTTPTransport(http2=True, limits=limits, trust_env=False)
+    transport = httpx.AsyncHTTPTransport(verify=_ssl_context(), http2=True, limits=limits, trust_env=False)
     # Deliberate: httpx exposes no network-backend option, so swap its httpcore pool for one
     # with the guarded backend (tests/contract/test_objectives.py pins that this works).
     assert isinstance(transport._pool, httpcore.AsyncConnectionPool)
     transport._pool = httpcore.AsyncConnectionPool(
-        ssl_context=httpx.create_ssl_context(),
+        ssl_context=_ssl_context(),
         max_connections=limits.max_connections,
         max_keepalive_connections=limits.max_keepalive_connections,
         keepalive_expiry=5.0,
@@ -157,6 +172,15 @@ def guarded_transport(allow: Sequence[str], max_connections: int) -> httpx.Async
         network_backend=GuardedBackend(allow),
     )
     return transport
+
+
+def _loads(data: bytes) -> Any:
+    """Parse an answer: orjson (~10x faster than ``json`` on 17-digit floats), else ``json`` for the
+    NaN and Infinity tokens that Python servers write and orjson refuses (they are judged later)."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)
 
 
 def _public_url(url: httpx.URL | str) -> str:
@@ -199,6 +223,7 @@ class EndpointObjective:
             version = f"/versions/{spec.model_version}" if spec.model_version else ""
             self.url = f"{self.url.rstrip('/')}/v2/models/{spec.model}{version}/infer"
         self._where = f"endpoint {_public_url(self.url)}"  # for messages: no query string or credentials
+        self._url = httpx.URL(self.url)  # parsed once: every request starts here
         self._base = torch.tensor(spec.base, dtype=torch.float64) if spec.base is not None else None
         self._transport = transport
         self._http: httpx.AsyncClient | None = None
@@ -307,7 +332,7 @@ class EndpointObjective:
         async with self._slots:
             data, attempts = await self._call_with_retries(body)
         try:
-            parsed = json.loads(data)
+            parsed = _loads(data)
         except ValueError:
             excerpt = data[:EXCERPT_CHARS].decode("utf-8", "replace")
             raise ObjectiveInvalid(f"{self._where} answered with invalid JSON: {excerpt!r}") from None
@@ -318,19 +343,26 @@ class EndpointObjective:
             raise ObjectiveInvalid(f"{self._where}: {exc}") from None
 
     def _encode(self, chunk: Tensor) -> bytes:
-        """The request body for one batch (json or Open Inference Protocol v2)."""
+        """The request body for one batch (json or Open Inference Protocol v2).
+
+        orjson writes the float64 array straight from numpy, ~25x faster than ``json.dumps`` of
+        ``tolist()`` for perturbed points (17 significant digits each). The inputs are finite
+        (``_gather`` checks), so none can turn into ``null``.
+        """
         spec, m = self.spec, len(chunk)
         shape = [m, *(spec.input_shape or [self.dim])]
-        if spec.protocol == "v2":
-            data = chunk.flatten().tolist()
-            tensor = {"name": spec.input_name, "shape": shape, "datatype": spec.datatype, "data": data}
-            body: dict[str, Any] = {"inputs": [tensor]}
-            if spec.payload:
-                body["parameters"] = spec.payload
-        else:
-            body = dict(spec.payload or {})
-            body["params" if spec.input_mode == "params" else "inputs"] = chunk.reshape(shape).tolist()
-        return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+        array = (chunk.flatten() if spec.protocol == "v2" else chunk.reshape(shape)).contiguous().numpy()
+
+        def body(data: Any) -> dict[str, Any]:
+            if spec.protocol == "v2":
+                tensor = {"name": spec.input_name, "shape": shape, "datatype": spec.datatype, "data": data}
+                return {"inputs": [tensor], **({"parameters": spec.payload} if spec.payload else {})}
+            return {**(spec.payload or {}), "params" if spec.input_mode == "params" else "inputs": data}
+
+        try:
+            return orjson.dumps(body(array), option=orjson.OPT_SERIALIZE_NUMPY)
+        except orjson.JSONEncodeError:  # a payload orjson refuses (e.g. an integer past 64 bits)
+            return json.dumps(body(array.tolist()), separators=(",", ":"), allow_nan=False).encode()
 
     async def _ensure_client(self) -> None:
         loop = asyncio.get_running_loop()
@@ -397,7 +429,7 @@ class EndpointObjective:
     async def _post(self, body: bytes) -> bytes:
         """One attempt: POST, following ≤ MAX_REDIRECTS redirects by hand, each hop re-checked."""
         assert self._http is not None
-        url, headers = httpx.URL(self.url), self.spec.header_values()
+        url, headers = self._url, self.spec.header_values()
         try:
             async with asyncio.timeout(self.spec.timeout_s):
                 for _ in range(MAX_REDIRECTS + 1):
