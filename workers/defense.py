@@ -240,7 +240,7 @@ def _work(job: _Job, state: dict[str, Any], sink: RedisSink, settings: Any) -> t
             tally.published_step = tally.step
         if time.monotonic() - last_flush >= settings.flush_seconds:
             last_flush = time.monotonic()
-            if sink.flush(tally) is Signal.CANCEL:
+            if sink.flush() is Signal.CANCEL:
                 return Outcome.CANCELLED, pack(), tally
 
 

@@ -43,7 +43,7 @@ from .algorithms.fed_problems import make_problem
 from .celery_app import app
 from .jobstore import Lease
 from .objectives.registry import build_objective
-from .runner import dumps
+from .runner import PROGRESS_KEYS, dumps
 
 FEDERATED = frozenset({"fzoos", "fedzo"})
 _B = 8  # bytes per float64 on the wire
@@ -289,7 +289,7 @@ def server_end(results: list[dict[str, Any]], job_id: str, r: int) -> str:
     over = job.spec.budget.max_queries is not None and server["queries"] >= job.spec.budget.max_queries
     finished = r >= max_rounds or over
     events = [("progress", dumps(event))]
-    hset = {"progress": dumps({k: event[k] for k in ("step", "queries", "failed_queries", "evaluations", "value", "best_value")})}
+    hset = {"progress": dumps({k: event[k] for k in PROGRESS_KEYS})}
     if finished:
         reason = "max_queries reached" if over else f"{r} rounds done"
         result = Result(x_best=server["x_best"].tolist(), value_best=float(server["best"]), steps=r,

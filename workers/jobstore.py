@@ -21,7 +21,7 @@ from service import keys, scripts
 from service.metrics import LatencyRecorder, push_latency
 from service.records import now_iso, status_event
 
-from .runner import Signal, Tally, dumps, wire_event
+from .runner import PROGRESS_KEYS, Signal, dumps, wire_event
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,12 @@ def connect(url: str) -> redis.Redis:
     every write it retries is idempotent (``COMMIT`` carries a commit id)."""
     return redis.Redis.from_url(url, retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=2.0), 12),
                                 retry_on_error=[redis.ConnectionError, redis.TimeoutError], health_check_interval=30)
+
+
+def progress_field(events: list[tuple[str, Any]]) -> dict[str, str]:
+    """``{"progress": tally}`` of the last progress event given as a dict, or ``{}``."""
+    last = next((ev for kind, ev in reversed(events) if kind == "progress" and isinstance(ev, dict)), None)
+    return {"progress": dumps({k: last[k] for k in PROGRESS_KEYS})} if last is not None else {}
 
 
 class LeaseRefused(Exception):
@@ -87,10 +93,14 @@ class WorkerStore:
                release: bool = False, outbox: str | None = None, due_in: float = 0.0) -> int:
         """One fenced write of (type, json) events, fields, queries and checkpoint; see ``scripts.COMMIT``.
 
+        The job's ``progress`` field follows the last progress event written (unless ``hset`` sets it): a
+        resumed segment reads it to know which steps are already in the stream.
+
         ``outbox``: a ticket whose segment this worker is about to send (due ``due_in`` seconds from now); call
         :meth:`sent` after sending it. Idempotent: a retry after a lost reply (Redis restart) applies nothing twice.
         """
-        op = {"hset": {"updated_at": now_iso(), **(hset or {})}, "queries": queries or {},
+        hset = {**progress_field(events), **(hset or {})}
+        op = {"hset": {"updated_at": now_iso(), **hset}, "queries": queries or {},
               "release": release, "lease_ttl": self.lease_ttl, "maxlen": self.maxlen, "cid": uuid.uuid4().hex,
               "job": job_id, "outbox": f"{job_id}|{outbox}" if outbox else "", "due": time.time() + due_in}
         flat = [part if isinstance(part, (str, bytes)) else wire_event(part) for pair in events for part in pair]
@@ -148,18 +158,17 @@ class RedisSink:
     def progress(self, event: dict[str, Any]) -> None:
         self.buffer.append(("progress", event))  # serialised by the flush thread, off the step loop
 
-    def flush(self, tally: Tally) -> Signal:
+    def flush(self) -> Signal:
         if self._inflight is not None and not self._inflight.done():
             return Signal.OK  # the last write is still going: keep buffering
         code = self._settle(wait=False)
         if code is None or code == 0:
             events, self.buffer = self.buffer, []
-            progress = dumps(tally.progress())
-            self._inflight = self._writer.submit(self._write, events, progress, self.latency.take())
+            self._inflight = self._writer.submit(self._write, events, self.latency.take())
         return self._signal(code)
 
-    def _write(self, events: list[tuple[str, Any]], progress: str, latency: dict[str, float] | None) -> int:
-        code = self.store.commit(self.lease.job_id, self.lease.token, events=events, hset={"progress": progress})
+    def _write(self, events: list[tuple[str, Any]], latency: dict[str, float] | None) -> int:
+        code = self.store.commit(self.lease.job_id, self.lease.token, events=events)
         self._push(latency)
         return code
 

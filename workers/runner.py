@@ -39,7 +39,7 @@ class Sink(Protocol):
 
     def progress(self, event: dict[str, Any]) -> None: ...
 
-    def flush(self, tally: "Tally") -> Signal: ...
+    def flush(self) -> Signal: ...
 
     def cancelled(self) -> bool: ...
 
@@ -80,8 +80,12 @@ class Tally:
         return cls(**kw)
 
     def progress(self) -> dict[str, Any]:
+        """The fields of a progress event (``PROGRESS_KEYS``), also the job's ``progress`` field."""
         return {"step": self.step, "queries": self.queries, "failed_queries": self.failed,
                 "evaluations": self.evaluations, "value": self.value, "best_value": self.best_value}
+
+
+PROGRESS_KEYS = tuple(Tally().progress())
 
 
 @dataclass
@@ -139,7 +143,7 @@ def _record(tally: Tally, algo: Algorithm, state: dict[str, Any], ev: Evaluation
 def host_query(query: Query, objective: Objective) -> Query:
     """The query as ``objective`` takes it: points stay on the algorithm's device only for adapters that
     compute there (``on_device = True``, e.g. builtin functions); the rest (HTTP, people) get CPU points."""
-    if query.points.device.type == "cpu" or getattr(objective, "on_device", False):
+    if getattr(objective, "on_device", False) or query.points.is_cpu:  # not .device: it builds an object per step
         return query
     return replace(query, points=query.points.cpu())
 
@@ -214,7 +218,7 @@ async def run_segment(algo: Algorithm, state: dict[str, Any], objective: Objecti
         told(query, ev)
         if now - last_flush >= limits.flush_seconds:
             last_flush = now
-            signal = sink.flush(tally)
+            signal = sink.flush()
             if signal is Signal.FENCED:
                 return result(Outcome.FENCED, "a newer segment owns the job")
             if signal is Signal.CANCEL:
@@ -230,7 +234,7 @@ class MemorySink:
     def progress(self, event: dict[str, Any]) -> None:
         self.events.append(event)
 
-    def flush(self, tally: Tally) -> Signal:
+    def flush(self) -> Signal:
         return Signal.OK
 
     def cancelled(self) -> bool:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any, Callable
 
 import httpx
 from pydantic import PrivateAttr
 
-from ._base import TERMINAL, answer_for, budget_total, check, client_kwargs, idempotency_headers, spec_body
+from ._base import (TERMINAL, WAIT_TYPES, answer_for, budget_total, check, client_kwargs, event_params,
+                    idempotency_headers, spec_body)
 from ._errors import Conflict, JobFailed, ServerError, TransportError
 from ._progress import ProgressBar
 from ._sse import SSEDecoder
@@ -30,8 +31,8 @@ class AsyncJob(JobRecord):
     async def refresh(self) -> "AsyncJob":
         return await self._client.jobs.get(self.id)
 
-    def stream(self, last_event_id: str | None = None) -> AsyncIterator[Any]:
-        return self._client.jobs.events(self.id, last_event_id=last_event_id)
+    def stream(self, last_event_id: str | None = None, types: Iterable[str] | None = None) -> AsyncIterator[Any]:
+        return self._client.jobs.events(self.id, last_event_id=last_event_id, types=types)
 
     async def wait(self, progress: bool = False) -> "AsyncJob":
         return await self._client.jobs.wait(self.id, progress=progress)
@@ -78,13 +79,18 @@ class AsyncJobs:
     async def cancel(self, job_id: str) -> AsyncJob:
         return self._bind(check(await self._c._http.post(f"/v1/jobs/{job_id}/cancel")))
 
-    async def poll_events(self, job_id: str, after: str = "0", limit: int = 1000) -> EventPage:
-        """Events after ``after`` as JSON (for clients that cannot hold a stream)."""
-        r = await self._c._http.get(f"/v1/jobs/{job_id}/events", params={"after": after, "limit": limit})
+    async def poll_events(self, job_id: str, after: str = "0", limit: int = 1000,
+                    types: Iterable[str] | None = None) -> EventPage:
+        """Events after ``after`` as JSON (for clients that cannot hold a stream); ``types`` as in :meth:`events`."""
+        r = await self._c._http.get(f"/v1/jobs/{job_id}/events", params=event_params(types, after=after, limit=limit))
         return EventPage.model_validate(check(r))
 
-    async def events(self, job_id: str, last_event_id: str | None = None) -> AsyncIterator[Any]:
-        """Typed events from SSE until the terminal one; reconnects with Last-Event-ID on its own."""
+    async def events(self, job_id: str, last_event_id: str | None = None,
+               types: Iterable[str] | None = None) -> AsyncIterator[Any]:
+        """Typed events from SSE until the terminal one; reconnects with Last-Event-ID on its own.
+
+        ``types`` keeps only those event types (the terminal ``result``/``error`` always comes).
+        """
         decoder = SSEDecoder(last_id=last_event_id)
         failures = 0
         while True:
@@ -92,7 +98,7 @@ class AsyncJobs:
             if decoder.last_id:
                 headers["Last-Event-ID"] = decoder.last_id
             try:
-                async with self._c._http.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers,
+                async with self._c._http.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers, params=event_params(types),
                                              timeout=httpx.Timeout(30.0, read=None)) as r:
                     if not r.is_success:
                         await r.aread()
@@ -104,7 +110,7 @@ class AsyncJobs:
                             if event.type in ("result", "error"):
                                 return
                 # closed without a terminal event: catch up as JSON, then reconnect if still running
-                page = await self.poll_events(job_id, after=decoder.last_id or "0", limit=10_000)
+                page = await self.poll_events(job_id, after=decoder.last_id or "0", limit=10_000, types=types)
                 for event in page.items:
                     decoder.last_id = event.id
                     yield event
@@ -126,7 +132,7 @@ class AsyncJobs:
             total, unit = budget_total(job)
             bar = ProgressBar(total, unit)
         try:
-            async for ev in self.events(job_id):
+            async for ev in self.events(job_id, types=None if progress else WAIT_TYPES):
                 if bar is not None and isinstance(ev, ProgressEvent):
                     last = ev
                     bar.update(ev.step if bar.unit == "steps" else ev.queries, ev.best_value)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterable
 from typing import Any, Callable
 
 import httpx
@@ -38,6 +39,16 @@ def spec_body(spec: Any) -> dict[str, Any]:
         return reveal(spec)  # type: ignore[no-any-return]
     job_create_adapter.validate_python(spec)
     return dict(spec)
+
+
+WAIT_TYPES = ("status",)  # what wait() needs besides the terminal result/error: not every step's progress
+
+
+def event_params(types: Iterable[str] | None, **params: Any) -> dict[str, Any]:
+    """Query parameters of ``/events``: ``types`` comma-joined (the server always adds result and error)."""
+    if types is not None:
+        params["types"] = ",".join(types)
+    return params
 
 
 def idempotency_headers(key: str | None) -> dict[str, str]:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, Callable
 
 import httpx
 from pydantic import PrivateAttr
 
-from ._base import TERMINAL, answer_for, budget_total, check, client_kwargs, idempotency_headers, spec_body
+from ._base import (TERMINAL, WAIT_TYPES, answer_for, budget_total, check, client_kwargs, event_params,
+                    idempotency_headers, spec_body)
 from ._errors import Conflict, JobFailed, ServerError, TransportError
 from ._progress import ProgressBar
 from ._sse import SSEDecoder
@@ -29,8 +30,8 @@ class Job(JobRecord):
     def refresh(self) -> "Job":
         return self._client.jobs.get(self.id)
 
-    def stream(self, last_event_id: str | None = None) -> Iterator[Any]:
-        return self._client.jobs.events(self.id, last_event_id=last_event_id)
+    def stream(self, last_event_id: str | None = None, types: Iterable[str] | None = None) -> Iterator[Any]:
+        return self._client.jobs.events(self.id, last_event_id=last_event_id, types=types)
 
     def wait(self, progress: bool = False) -> "Job":
         return self._client.jobs.wait(self.id, progress=progress)
@@ -77,13 +78,18 @@ class Jobs:
     def cancel(self, job_id: str) -> Job:
         return self._bind(check(self._c._http.post(f"/v1/jobs/{job_id}/cancel")))
 
-    def poll_events(self, job_id: str, after: str = "0", limit: int = 1000) -> EventPage:
-        """Events after ``after`` as JSON (for clients that cannot hold a stream)."""
-        r = self._c._http.get(f"/v1/jobs/{job_id}/events", params={"after": after, "limit": limit})
+    def poll_events(self, job_id: str, after: str = "0", limit: int = 1000,
+                    types: Iterable[str] | None = None) -> EventPage:
+        """Events after ``after`` as JSON (for clients that cannot hold a stream); ``types`` as in :meth:`events`."""
+        r = self._c._http.get(f"/v1/jobs/{job_id}/events", params=event_params(types, after=after, limit=limit))
         return EventPage.model_validate(check(r))
 
-    def events(self, job_id: str, last_event_id: str | None = None) -> Iterator[Any]:
-        """Typed events from SSE until the terminal one; reconnects with Last-Event-ID on its own."""
+    def events(self, job_id: str, last_event_id: str | None = None,
+               types: Iterable[str] | None = None) -> Iterator[Any]:
+        """Typed events from SSE until the terminal one; reconnects with Last-Event-ID on its own.
+
+        ``types`` keeps only those event types (the terminal ``result``/``error`` always comes).
+        """
         decoder = SSEDecoder(last_id=last_event_id)
         failures = 0
         while True:
@@ -91,7 +97,7 @@ class Jobs:
             if decoder.last_id:
                 headers["Last-Event-ID"] = decoder.last_id
             try:
-                with self._c._http.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers,
+                with self._c._http.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers, params=event_params(types),
                                              timeout=httpx.Timeout(30.0, read=None)) as r:
                     if not r.is_success:
                         r.read()
@@ -103,7 +109,7 @@ class Jobs:
                             if event.type in ("result", "error"):
                                 return
                 # closed without a terminal event: catch up as JSON, then reconnect if still running
-                page = self.poll_events(job_id, after=decoder.last_id or "0", limit=10_000)
+                page = self.poll_events(job_id, after=decoder.last_id or "0", limit=10_000, types=types)
                 for event in page.items:
                     decoder.last_id = event.id
                     yield event
@@ -125,7 +131,7 @@ class Jobs:
             total, unit = budget_total(job)
             bar = ProgressBar(total, unit)
         try:
-            for ev in self.events(job_id):
+            for ev in self.events(job_id, types=None if progress else WAIT_TYPES):
                 if bar is not None and isinstance(ev, ProgressEvent):
                     last = ev
                     bar.update(ev.step if bar.unit == "steps" else ev.queries, ev.best_value)

@@ -9,6 +9,7 @@ from fastapi import Depends, Header, Path, Request
 
 from .. import raters
 from ..problems import NotFound
+from ..queue import Sender
 from ..security import KeyRing, Principal, digest
 from ..settings import Settings
 from ..store import JobStore
@@ -26,6 +27,10 @@ async def get_store(request: Request) -> JobStore:
 
 async def get_celery(request: Request) -> Celery:
     return request.app.state.celery  # type: ignore[no-any-return]
+
+
+async def get_sender(request: Request) -> Sender:
+    return request.app.state.sender  # type: ignore[no-any-return]
 
 
 # The header is documented once, as the OpenAPI ``bearer`` security scheme (service/api/openapi.py).
@@ -52,6 +57,7 @@ def require_admin(request: Request, authorization: Authorization = None) -> None
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
 CeleryDep = Annotated[Celery, Depends(get_celery)]
+SenderDep = Annotated[Sender, Depends(get_sender)]
 TenantDep = Annotated[str, Depends(get_tenant)]
 AdminDep = Depends(require_admin)
 

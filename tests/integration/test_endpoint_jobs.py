@@ -134,6 +134,21 @@ def test_500_then_recovery_succeeds_and_nan_can_be_penalized(client: zoserve.Cli
     assert pen.status.value == "succeeded" and pen.progress.failed_queries >= 1
 
 
+def test_outage_mid_job_retries_the_segment_and_publishes_each_step_once(client: zoserve.Client,
+                                                                         model_server: RunningServer) -> None:
+    # steps 1-6 go through; the 7th step's call is told to come back in 2 minutes (a transient failure):
+    # the segment is retried, replays steps 1-6 from the checkpoint silently (their events are already
+    # in the stream) and goes on
+    url = model_server.url + "/ratelimit?key=outage&times=1&after=120&ok_first=6"
+    base, label = _weak_digit()
+    objective = {"kind": "endpoint", "url": url, "output": "margin", "targets": label, "input_mode": "perturbation",
+                 "base": base, "epsilon": 3.0, "retries": 0, "batch_size": 64}
+    job = client.jobs.create({"algorithm": "zo-sgd", "config": {"q": 4}, "objective": objective,
+                              "budget": {"max_steps": 12}}).wait()
+    steps = [e.step for e in client.jobs.poll_events(job.id, limit=1000).items if e.type == "progress"]
+    assert job.status.value == "succeeded" and steps == list(range(1, 13)), str(steps)
+
+
 @pytest.mark.parametrize("url", ["http://169.254.169.254/latest/meta-data", "http://10.0.0.1/predict"])
 def test_refused_addresses(client: zoserve.Client, url: str) -> None:
     with pytest.raises(zoserve.Unprocessable, match="refused"):

@@ -69,3 +69,48 @@ async def test_async_client_twin(api_url: str) -> None:
         seen = [e async for e in job.stream()]
         assert isinstance(seen[-1], ResultEvent)
         assert (await job.refresh()).status.value == "succeeded"
+
+
+def test_event_types_filter_sse_json_and_resume(client: zoserve.Client, api_url: str) -> None:
+    job = client.jobs.create({**ROSEN, "budget": {"max_steps": 120}})
+    live = list(job.stream(types=["status"]))  # joined while it runs: catch-up, then the hub
+    assert {e.type for e in live} == {"status", "result"} and isinstance(live[-1], ResultEvent)
+    everything = list(job.stream())
+    assert [e.id for e in live] == [e.id for e in everything if e.type in ("status", "result")]
+    # resume after the first status event: the rest of the filtered stream, nothing twice
+    assert [e.id for e in job.stream(last_event_id=live[0].id, types=["status"])] == [e.id for e in live[1:]]
+    page = client.jobs.poll_events(job.id, limit=50, types=["progress"])  # a page of 50 rows, 2 of them status
+    assert [e.type for e in page.items] == ["progress"] * 48 and page.last_id == everything[49].id
+    ends = client.jobs.poll_events(job.id, limit=10_000, types=["query"])
+    assert [e.type for e in ends.items] == ["result"] and ends.done  # the end always comes
+    from tests.conftest import API_KEY
+
+    bad = httpx.get(f"{api_url}/v1/jobs/{job.id}/events", params={"types": "progress,steps"},
+                    headers={"Authorization": f"Bearer {API_KEY}"})
+    assert bad.status_code == 422 and bad.headers["content-type"].startswith("application/problem+json")
+
+
+def test_wait_does_not_stream_progress(client: zoserve.Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[str] = []
+    events = client.jobs.events
+
+    def spy(job_id: str, last_event_id: str | None = None, types: object = None):  # type: ignore[no-untyped-def]
+        for ev in events(job_id, last_event_id, types):  # type: ignore[arg-type]
+            seen.append(ev.type)
+            yield ev
+
+    monkeypatch.setattr(client.jobs, "events", spy)
+    done = client.jobs.create({**ROSEN, "budget": {"max_steps": 80}}).wait()
+    assert done.status.value == "succeeded" and done.progress.step == 80
+    assert "progress" not in seen and seen[-1] == "result"
+
+
+@pytest.mark.anyio
+async def test_async_event_types_filter(api_url: str) -> None:
+    from tests.conftest import API_KEY
+
+    async with zoserve.AsyncClient(api_url, api_key=API_KEY) as c:
+        job = await c.jobs.create({**ROSEN, "budget": {"max_steps": 40}})
+        seen = [e.type async for e in job.stream(types=["status"])]
+        assert set(seen) == {"status", "result"} and seen[-1] == "result"
+        assert (await job.wait()).status.value == "succeeded"

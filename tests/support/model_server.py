@@ -16,7 +16,8 @@ Routes:
 Fault injection (all answer like /predict once they let a request through):
     POST /slow?delay=S                 sleeps S seconds first
     POST /flaky?key=K&fail=N           500 for the first N calls per key
-    POST /ratelimit?key=K&times=N&after=S  429 with Retry-After: S (default 0) for the first N calls per key
+    POST /ratelimit?key=K&times=N&after=S&ok_first=F  429 with Retry-After: S (default 0) for N calls per key,
+                                       after the first F (default 0) went through
     POST /nan?rows=I,J                 NaN in the given output rows (default: row 0)
     POST /wrongshape                   one output row fewer than inputs
     POST /redirect?to=URL              302 to URL
@@ -108,9 +109,9 @@ def _add_fault_routes(app: FastAPI, calls: Counter[str]) -> None:
         return _logits_json(await request.json())
 
     @app.post("/ratelimit")
-    async def ratelimit(request: Request, key: str = "default", times: int = 1, after: str = "0") -> Any:
+    async def ratelimit(request: Request, key: str = "default", times: int = 1, after: str = "0", ok_first: int = 0) -> Any:
         calls["ratelimit:" + key] += 1
-        if calls["ratelimit:" + key] <= times:
+        if ok_first < calls["ratelimit:" + key] <= ok_first + times:
             return JSONResponse({"error": "slow down"}, status_code=429, headers={"Retry-After": after})
         return _logits_json(await request.json())
 

@@ -80,6 +80,7 @@ class FedZOConfig(_FederatedConfig):
 class FederatedClient(BaseModel):
     """One client: its own objective spec (any other objective kind), queue and weight p_i."""
 
+    model_config = ConfigDict(extra="forbid")
 
     objective: dict[str, Any] = Field(description="The client's objective spec (validated by the service).")
     queue: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$", description="Worker queue running this client.")
@@ -89,6 +90,7 @@ class FederatedClient(BaseModel):
 class FederatedObjective(BaseModel):
     """F = Σ p_i f_i over 2..64 clients: either explicit ``clients`` or a built-in synthetic ``family``."""
 
+    model_config = ConfigDict(extra="forbid")
 
     kind: Literal["federated"] = "federated"
     clients: list[FederatedClient] | None = Field(None, min_length=2, max_length=64, description="Explicit clients.")

@@ -5,17 +5,16 @@ from __future__ import annotations
 import base64
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Header, Query, Request, Response
+from fastapi import APIRouter, Body, Header, Query, Response
 
 from zoserve.models.endpoint import URLRefused, check_url_static
 from zoserve.models.jobs import Job, JobCreate, JobPage, JobStatus
 
 from ...problems import NotFound, TooManyRequests, Unprocessable
-from ...queue import Sender
 from ...records import job_from_hash
 from ...settings import Settings
 from ...store import IdempotencyConflict, QuotaExceeded
-from ..deps import CeleryDep, JobHashDep, SettingsDep, StoreDep, TenantDep
+from ..deps import CeleryDep, JobHashDep, SenderDep, SettingsDep, StoreDep, TenantDep
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -23,11 +22,11 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 @router.post("", status_code=201, response_model=Job, summary="Submit a job")
 async def create_job(
     spec: Annotated[JobCreate, Body()],  # type: ignore[valid-type]
-    request: Request,
     response: Response,
     tenant: TenantDep,
     store: StoreDep,
     celery: CeleryDep,
+    sender: SenderDep,
     settings: SettingsDep,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> Job:
@@ -43,7 +42,6 @@ async def create_job(
                               "unfinished jobs per tenant; wait for some to finish or cancel them",
                               retry_after=QUOTA_RETRY_AFTER) from None
     if created:  # the 201 does not wait for the broker: the job and its outbox entry are written (see Sender)
-        sender: Sender = request.app.state.sender
         await sender.send(celery, h["id"], h["ticket"], spec.queue)
     else:
         response.headers["Idempotent-Replayed"] = "true"

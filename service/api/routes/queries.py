@@ -5,16 +5,15 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 
 from zoserve.models.jobs import Job
 from zoserve.models.queries import PendingQuery, QueryAnswer, QueryPage
 
 from ...problems import Conflict, NotFound, Unprocessable
-from ...queue import Sender
 from ...records import job_from_hash
 from ...store import StoreConflict
-from ..deps import CeleryDep, JobHashDep, SettingsDep, StoreDep, TenantDep
+from ..deps import CeleryDep, JobHashDep, SenderDep, SettingsDep, StoreDep, TenantDep
 
 router = APIRouter(prefix="/v1/jobs", tags=["queries"])
 
@@ -27,8 +26,8 @@ async def list_queries(job: JobHashDep, store: StoreDep,
 
 
 @router.post("/{job_id}/queries/{query_id}/answer", response_model=Job, status_code=202, summary="Answer a pending query")
-async def answer_query(query_id: str, answer: QueryAnswer, request: Request, job: JobHashDep, store: StoreDep,
-                       celery: CeleryDep, settings: SettingsDep, tenant: TenantDep) -> Job:
+async def answer_query(query_id: str, answer: QueryAnswer, job: JobHashDep, store: StoreDep,
+                       celery: CeleryDep, sender: SenderDep, settings: SettingsDep, tenant: TenantDep) -> Job:
     """Values (one per point) or a ranking (candidate ids, best first). Stale or duplicate → 409."""
     query = await store.get_query(job["id"], query_id)
     if query is None:
@@ -40,7 +39,6 @@ async def answer_query(query_id: str, answer: QueryAnswer, request: Request, job
         raise Conflict(str(exc)) from None
     except KeyError:
         raise NotFound(f"job {job['id']} has no query {query_id}") from None
-    sender: Sender = request.app.state.sender  # off the event loop; the outbox entry covers a crash (see Sender)
     await sender.send(celery, job["id"], ticket, json.loads(job["spec_public"]).get("queue"))
     h = await store.get_hash(tenant, job["id"])
     if h is None:
