@@ -7,7 +7,9 @@ after the job record is written. Only ids travel through the broker; the spec st
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 
 import anyio
@@ -18,6 +20,7 @@ from .settings import Settings
 
 log = logging.getLogger(__name__)
 RUN_SEGMENT = "zoserve.run_segment"
+FED_RELAUNCH = "zoserve.fed.relaunch"
 QUEUES = ("cpu", "gpu")
 Segment = tuple[str, str]  # (job id, ticket)
 
@@ -54,6 +57,24 @@ def enqueue_segment(app: Celery, job_id: str, ticket: str, queue: str | None, co
     to the result's pub/sub channel (and unsubscribes when the AsyncResult is dropped): two more
     broker round trips per send."""
     app.send_task(RUN_SEGMENT, args=[job_id, ticket], queue=queue or "cpu", countdown=countdown, ignore_result=True)
+
+
+def fed_task_id(job_id: str, tag: str) -> str:
+    """A federated task's id: it starts with the job's id, so the reaper finds a job's messages in the broker."""
+    return f"{job_id}.{tag}.{uuid.uuid4().hex[:12]}"
+
+
+def fed_queues(spec_json: str | bytes) -> set[str]:
+    """Every queue a federated job's tasks go to: the job's, and each client's own."""
+    spec = json.loads(spec_json)
+    clients = spec.get("objective", {}).get("clients") or []
+    return {q for q in (spec.get("queue"), *(c.get("queue") for c in clients)) if q} | {"cpu"}
+
+
+def enqueue_relaunch(app: Celery, job_id: str, round_: int, queue: str | None) -> None:
+    """Ask a worker to launch a federated job's round again (the reaper found none of its messages)."""
+    app.send_task(FED_RELAUNCH, args=[job_id, round_], queue=queue or "cpu", ignore_result=True,
+                  task_id=fed_task_id(job_id, f"relaunch{round_}"))
 
 
 class Sender:

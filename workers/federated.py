@@ -8,6 +8,11 @@ Only iterates, surrogate weights, values and counters cross the broker (the RFF 
 regenerated from the shared seed on every side). Each client's tasks go to that client's queue
 (``clients[i].queue``) so a participant can run a worker next to its private objective.
 
+Crash-safe: Celery's chords are not (a worker that dies after its task's result is stored, before
+the chord's callback is sent, leaves no message behind and nothing is redelivered), so every task id
+starts with the job id and the reaper relaunches a round none of whose messages is left
+(:func:`relaunch_round`).
+
 Idempotent under redelivery: every client result is cached per (round, phase, client) and a
 client's state is saved with it in one transaction; the server steps advance ``fed_round`` with a
 compare-and-set, so a duplicated callback does nothing. A failing client is reported and left out
@@ -30,6 +35,7 @@ from celery import chord, current_task
 from torch import Tensor
 
 from service import keys
+from service.queue import FED_RELAUNCH, fed_task_id
 from service.records import error_event, event_json
 from zoserve.models.events import ResultEvent
 from zoserve.models.jobs import JobStatus, Result, job_create_adapter
@@ -126,8 +132,23 @@ def start(lease: Lease) -> str:
 
 
 def launch_round(job: FedJob, r: int) -> None:
-    header = [client_local.si(job.id, r, i).set(queue=job.queue(i)) for i in range(job.n)]
-    chord(header)(server_mid.s(job.id, r).set(queue=job.spec.queue or "cpu"))
+    header = [client_local.si(job.id, r, i).set(queue=job.queue(i), task_id=fed_task_id(job.id, f"local{r}.{i}"))
+              for i in range(job.n)]
+    chord(header)(server_mid.s(job.id, r).set(queue=job.spec.queue or "cpu", task_id=fed_task_id(job.id, f"mid{r}")))
+
+
+@app.task(name=FED_RELAUNCH, acks_late=True, reject_on_worker_lost=True)
+def relaunch_round(job_id: str, r: int) -> str:
+    """Launch round ``r`` again: the reaper found no message of the job anywhere (a worker died between a
+    chord's last client and its callback, or between a round's checkpoint and the next launch). Clients
+    that finished answer from their cache; if the old chain lives on after all, ``fed_round``'s
+    compare-and-set lets only one of the two advance."""
+    job = FedJob(job_id)
+    status, _ = job.status()
+    if status != JobStatus.running.value or job.r.hget(keys.job(job_id), "fed_round") != str(r - 1).encode():
+        return "moved on"
+    launch_round(job, r)
+    return "relaunched"
 
 
 # ------------------------------------------------------------------ client tasks
@@ -252,8 +273,9 @@ def server_mid(results: list[dict[str, Any]], job_id: str, r: int) -> str:
     rho = fz.server_radii(x_bar, xs)
     mid = {"x": x_bar.tolist(), "rho": {str(res["client"]): p for res, p in zip(ok, rho)}, "local": ok}
     job.r.set(_k(job.id, f"mid:{r}"), json.dumps(mid), nx=True)
-    header = [client_check.si(job_id, r, res["client"]).set(queue=job.queue(res["client"])) for res in ok]
-    chord(header)(server_end.s(job_id, r).set(queue=job.spec.queue or "cpu"))
+    header = [client_check.si(job_id, r, i).set(queue=job.queue(i), task_id=fed_task_id(job_id, f"check{r}.{i}"))
+              for i in (res["client"] for res in ok)]
+    chord(header)(server_end.s(job_id, r).set(queue=job.spec.queue or "cpu", task_id=fed_task_id(job_id, f"end{r}")))
     return "mid"
 
 

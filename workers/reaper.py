@@ -1,6 +1,6 @@
 """The reaper: a thread in every worker's main process that finds segments nobody will run.
 
-Two ways a job can be left with no segment on its way, and what the reaper does about each:
+The ways a job can be left with nothing on its way, and what the reaper does about each:
 
 * **A segment died** (worker SIGKILLed, out of memory, a crash outside the task's handlers): it
   acquired a lease and never released it. Its Celery message only comes back after the broker's
@@ -20,6 +20,10 @@ Two ways a job can be left with no segment on its way, and what the reaper does 
   (no lease, no open segment, no outbox entry) and that have not moved for a while are looked up
   in the broker's queues and unacknowledged messages; a ticket found nowhere goes back into the
   outbox, which sends it.
+* **A federated round lost its chain** (a worker died after its client task's result was stored,
+  before the chord's callback was sent, so Celery redelivers nothing; or between a round's
+  checkpoint and the next round's launch): a federated job none of whose messages is left, at two
+  scans in a row, gets its next round relaunched (``zoserve.fed.relaunch``).
 
 Jobs that merely wait in a long queue are never touched: their message exists (and is found), their
 sender removed its outbox entry, and no segment holds or held their lease.
@@ -37,7 +41,7 @@ import redis
 from celery import Celery
 
 from service import keys
-from service.queue import QUEUES, enqueue_segment
+from service.queue import QUEUES, enqueue_relaunch, enqueue_segment, fed_queues
 
 from .jobstore import WorkerStore
 
@@ -53,6 +57,7 @@ class Reaper:
         self.store, self.app, self.every = store, app, every
         self._stop = threading.Event()
         self._sweeps = 0
+        self._fed_suspects: set[bytes] = set()  # federated jobs with no message left at the last scan
 
     def start(self) -> "Reaper":
         threading.Thread(target=self._run, name="zoserve-reaper", daemon=True).start()
@@ -97,38 +102,54 @@ class Reaper:
         return {"revived": revived, "resent": resent, "vanished": lost}
 
     def find_vanished(self) -> int:
-        """Put unfinished jobs whose current segment message is nowhere into the outbox; returns how many."""
+        """Re-send unfinished jobs whose current message is nowhere; returns how many.
+
+        A segment job's ticket goes back into the outbox, which sends it. A federated job (its tasks'
+        ids start with its id) whose messages were all gone at two scans in a row gets its next round
+        relaunched: one scan could fall in the instant between kombu's BRPOP and its unacked bookkeeping.
+        """
         r = self.store.r
         ids = [raw.decode() for raw in r.smembers(keys.ACTIVE)]
         pipe = r.pipeline(transaction=False)
         for job_id in ids:
-            pipe.hmget(keys.job(job_id), "status", "ticket", "open", "updated_at", "fed_round")
+            pipe.hmget(keys.job(job_id), "status", "ticket", "open", "updated_at", "fed_round", "queue", "spec")
             pipe.exists(keys.lease(job_id))
         rows = pipe.execute()
-        now, suspects = time.time(), {}
-        for job_id, (status, ticket, open_, updated, fed), leased in zip(ids, rows[::2], rows[1::2]):
+        now, segments, federated, queues = time.time(), {}, {}, set(QUEUES)
+        for job_id, (status, ticket, open_, updated, fed, queue, spec), leased in zip(ids, rows[::2], rows[1::2]):
             st = (status or b"").decode()
             if st not in ("queued", "running", "waiting"):
                 r.srem(keys.ACTIVE, job_id)  # finished (or gone)
-            elif st != "waiting" and not leased and not open_ and fed is None and ticket and updated and \
-                    now - datetime.fromisoformat(updated.decode()).timestamp() > 2 * self.every and \
-                    r.zscore(keys.OUTBOX, f"{job_id}|{ticket.decode()}") is None:
-                suspects[ticket] = job_id  # federated jobs run as chords, not segments: never suspects
+            elif leased or open_ or not updated or now - datetime.fromisoformat(updated.decode()).timestamp() <= 2 * self.every:
+                continue  # a segment holds it, or it moved lately
+            elif fed is not None:  # federated: rounds run as chords
+                if st == "running":
+                    federated[job_id.encode()] = (job_id, int(fed) + 1, (queue or b"cpu").decode())
+                    queues |= fed_queues(spec)
+            elif st != "waiting" and ticket and r.zscore(keys.OUTBOX, f"{job_id}|{ticket.decode()}") is None:
+                segments[ticket] = job_id
+        suspects = {**segments, **federated}
         if suspects:
-            for chunk in self._broker_messages():
-                for ticket in [t for t in suspects if t in chunk]:
-                    del suspects[ticket]
+            for chunk in self._broker_messages(sorted(queues)):
+                for needle in [n for n in suspects if n in chunk]:
+                    del suspects[needle]
                 if not suspects:
                     break
-        for ticket, job_id in suspects.items():
+        for ticket, job_id in ((t, j) for t, j in suspects.items() if t in segments):
             r.zadd(keys.OUTBOX, {f"{job_id}|{ticket.decode()}": 0}, nx=True)  # due now: sent below
             log.warning("reaper: the segment message of %s vanished from the broker; re-sending it", job_id)
+        lost = {needle for needle in suspects if needle in federated}
+        for needle in lost & self._fed_suspects:
+            job_id, round_, queue = federated[needle]
+            enqueue_relaunch(self.app, job_id, round_, queue)
+            log.warning("reaper: no message of federated %s is left (round %d); relaunching the round", job_id, round_)
+        self._fed_suspects = lost
         return len(suspects)
 
-    def _broker_messages(self, chunk: int = 1000) -> Iterator[bytes]:
+    def _broker_messages(self, queues: list[str], chunk: int = 1000) -> Iterator[bytes]:
         """The raw messages queued or held unacknowledged, a chunk at a time (tickets are unique hex)."""
         r = self.store.r
-        for queue in QUEUES:
+        for queue in queues:
             for start in range(0, int(r.llen(queue)), chunk):
                 yield b"\n".join(r.lrange(queue, start, start + chunk - 1))
         cursor = 0

@@ -12,9 +12,12 @@ from pathlib import Path
 
 import psutil
 import pytest
+import redis
 
 import zoserve
 from service.embedded import EmbeddedRedis
+from service.queue import make_celery
+from service.settings import Settings
 from tests.conftest import OUT
 from tests.support.stack import celery_worker, wait_until
 
@@ -27,7 +30,7 @@ SPEC = {"algorithm": "fzoos", "config": FAST, "seed": 4,
 
 @pytest.fixture(scope="module")
 def second_worker(redis_server: EmbeddedRedis, worker: object) -> Iterator[object]:
-    with celery_worker(redis_server.url, "w2", OUT / "worker-w2.log", pool="prefork") as proc:
+    with celery_worker(redis_server.url, "w2", OUT / "worker-w2.log", pool="prefork", ZOSERVE_REAPER_SECONDS="0.5") as proc:
         yield proc
 
 
@@ -69,3 +72,30 @@ def test_killing_a_worker_process_mid_round_still_completes(client: zoserve.Clie
     assert done.status.value == "succeeded" and done.progress.step == 4
     steps = [e.step for e in client.jobs.poll_events(job.id, limit=10_000).items if e.type == "progress"]
     assert steps == sorted(steps) and len(steps) == len(set(steps))  # never backwards, never repeated
+
+
+def test_a_round_whose_messages_are_all_lost_is_relaunched(client: zoserve.Client, second_worker: object,
+                                                           redis_server: EmbeddedRedis, tmp_path: Path) -> None:
+    """What a worker dying between a chord's last client and its callback leaves: a job with no message
+    anywhere. Made on purpose here: both workers stop taking from ``cpu``, finish what they hold, and the
+    job's queued tasks are deleted. The reaper must relaunch the round; no step is lost or repeated."""
+    r = redis.Redis.from_url(redis_server.url)
+    control = make_celery(Settings(redis_url=redis_server.url, data_dir=tmp_path), redis_server.url).control
+    job = client.jobs.create({**SPEC, "config": {**FAST, "rounds": 30}, "budget": {"max_steps": 30}})
+    wait_until(lambda: client.jobs.get(job.id).progress.step >= 1, timeout=120)
+    assert len(control.cancel_consumer("cpu", reply=True, timeout=5)) == 2
+    try:
+        wait_until(lambda: not any(job.id.encode() in m for m in r.hvals("unacked")), timeout=60)
+        assert int(r.hget(f"zo:job:{job.id}", "fed_round")) < 30  # still mid-job
+        queued = [m for m in r.lrange("cpu", 0, -1) if job.id.encode() in m]
+        assert queued  # the round's next tasks, about to be lost
+        for m in queued:
+            r.lrem("cpu", 0, m)
+    finally:
+        control.add_consumer("cpu", reply=True, timeout=5)
+    done = client.jobs.wait(job.id)
+    assert done.status.value == "succeeded" and done.progress.step == 30
+    steps = [e.step for e in client.jobs.poll_events(job.id, limit=10_000).items if e.type == "progress"]
+    assert steps == list(range(1, 31))
+    assert f"no message of federated {job.id} is left" in (OUT / "worker-w2.log").read_text() + \
+        (OUT / "worker-w1.log").read_text()

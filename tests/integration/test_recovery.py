@@ -17,7 +17,7 @@ from kombu import Connection, Exchange, Producer
 
 from service import keys, scripts
 from service.embedded import EmbeddedRedis, free_port
-from service.queue import RUN_SEGMENT, Sender, enqueue_segment, make_celery
+from service.queue import FED_RELAUNCH, RUN_SEGMENT, Sender, enqueue_segment, fed_task_id, make_celery
 from service.settings import Settings
 from service.store import JobStore
 from tests.conftest import OUT
@@ -144,6 +144,32 @@ def test_reaper_finds_a_message_that_vanished_from_the_broker(bare: tuple[str, r
     r.hset(keys.job(queued), "status", "succeeded")
     reaper.find_vanished()
     assert not r.sismember(keys.ACTIVE, queued) and r.sismember(keys.ACTIVE, lost)
+
+
+FED = {"algorithm": "fedzo", "config": {"rounds": 5}, "objective": {"kind": "federated", "family": "quadratic",
+       "n_clients": 3, "dim": 4}, "budget": {"max_steps": 5}}
+
+
+def test_reaper_relaunches_a_federated_round_none_of_whose_messages_is_left(
+        bare: tuple[str, redis.Redis], tmp_path: Path) -> None:
+    """Celery's chords are not crash-safe: a worker that dies after storing its client's result, before
+    the callback is sent, leaves the round with no message at all. Two scans in a row that find none
+    relaunch the next round, once; a job with a message anywhere (queued or unacked) is left alone."""
+    url, r = bare
+    celery = make_celery(Settings(redis_url=url, data_dir=tmp_path), url)
+    (lost, t_lost), (busy, t_busy) = create(url, FED), create(url, FED)
+    for job_id, ticket in ((lost, t_lost), (busy, t_busy)):  # started: round 2 done, no lease, nothing to send
+        r.zrem(keys.OUTBOX, f"{job_id}|{ticket}")
+        r.hset(keys.job(job_id), mapping={"status": "running", "fed_round": "2",
+                                          "updated_at": "2020-01-01T00:00:00+00:00"})
+    r.hset("unacked", "tag-1", json.dumps({"headers": {"id": fed_task_id(busy, "local3.0")}}))  # a client at work
+    reaper = Reaper(WorkerStore(r, lease_ttl=30, maxlen=1000), celery, every=0.2)
+    assert reaper.find_vanished() == 1 and r.llen("cpu") == 0  # once could be kombu's BRPOP instant: wait
+    assert reaper.find_vanished() == 1  # twice: relaunch
+    [message] = [json.loads(m) for m in r.lrange("cpu", 0, -1)]
+    assert message["headers"]["task"] == FED_RELAUNCH and message["headers"]["argsrepr"] == repr([lost, 3])
+    assert message["headers"]["id"].startswith(lost)  # so the next scan finds it
+    assert reaper.find_vanished() == 0 and r.llen("cpu") == 1  # the relaunch is on its way: not again
 
 
 def test_sender_drops_sent_entries_and_leaves_a_failed_send_to_the_reaper(
