@@ -112,6 +112,9 @@ def test_sigkilled_workers_lose_no_job_and_finish_none_twice(chaos_stack: tuple[
             problems.append(f"result differs: {job['result']['value_best']} != {want['value_best']}")
         if problems:
             bad[job_id] = problems
+    for job_id in bad:  # the evidence for a post-mortem: when each step landed, and what the workers did
+        print(f"\n{job_id} steps (stream id: step):", [(e["id"], e.get("step")) for e in stream(r, job_id)])
+        print("\n".join(line for line in logs.splitlines() if job_id in line))
     assert not bad, bad
     assert counts["succeeded"] == counts["terminal_events"] == N_JOBS
     assert counts["queries"] == counts["queries_undisturbed"]
