@@ -49,6 +49,7 @@ from .defense_plan import (
     safetensors_metadata,
     stages,
 )
+from .device import place_state
 from .jobstore import Lease, RedisSink
 from .objectives.base import ObjectiveError, ObjectiveRefused
 from .objectives.endpoint import EndpointObjective
@@ -98,10 +99,11 @@ def _uploaded(objective: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 
 
 def black_box(endpoint: EndpointObjective, loop: asyncio.AbstractEventLoop, probabilities: bool) -> ae_ds.BlackBox:
-    """``f_batch`` for the pure code: images (n, C, H, W) → scores (n, K) through the endpoint."""
+    """``f_batch`` for the pure code: images (n, C, H, W) → scores (n, K) through the endpoint. The images
+    go over HTTP from the host; the scores come back on the images' device (a GPU worker trains there)."""
     def f(images: Tensor) -> Tensor:
-        out = loop.run_until_complete(endpoint.predict(images.reshape(images.shape[0], -1).to(torch.float64)))
-        out = out.to(torch.float32)
+        flat = images.reshape(images.shape[0], -1).to("cpu", torch.float64)
+        out = loop.run_until_complete(endpoint.predict(flat)).to(images.device, torch.float32)
         return torch.log(out.clamp_min(1e-12)) if probabilities else out  # CE wants logits or log-probs
 
     return f
@@ -117,7 +119,8 @@ class _Job:
         self.obj = self.spec.objective
         self.cfg = ae_ds.AEDSConfig(**self.spec.config.hparams())
         self.shape: tuple[int, int, int] = tuple(self.obj.input_shape)  # type: ignore[assignment]
-        self.x_tr, self.y_tr, self.x_te, self.y_te = data_of(self.obj)
+        self.device: torch.device = ctx.device  # the worker's (ZOSERVE_DEVICE): the front end trains there
+        self.x_tr, self.y_tr, self.x_te, self.y_te = (t.to(self.device) for t in data_of(self.obj))
         self.loop = asyncio.new_event_loop()
         self.endpoint = EndpointObjective(self.obj.endpoint, allow=ctx.settings.ssrf_allow)
         self.f = black_box(self.endpoint, self.loop, self.obj.endpoint.scores == "probabilities")
@@ -128,7 +131,7 @@ class _Job:
 
     def fresh_state(self) -> dict[str, Any]:
         """``init_state`` positions at the AE stage; it counts as opened only when the plan starts there."""
-        state = ae_ds.init_state(self.cfg, self.shape, self.spec.seed)
+        state = place_state(ae_ds.init_state(self.cfg, self.shape, self.spec.seed), None, self.device)  # same init everywhere
         opened = int(stages(self.cfg)[0] == "autoencoder")
         return {**state, **Tally().to_state(), "job.phase": "train", "job.stage_index": 0, "job.opened": opened,
                 "job.cert_index": 0}
@@ -164,7 +167,7 @@ class _Job:
         cfg = self.cfg
         return certify(base, self.x_te[i], sigma=cfg.sigma, n0=cfg.certify_n0, n=cfg.certify_n,
                        alpha=cfg.certify_alpha, num_classes=self.obj.num_classes,
-                       gen=step_generator(self.spec.seed, i, _CERT_STREAM), batch=cfg.certify_batch)
+                       gen=step_generator(self.spec.seed, i, _CERT_STREAM, device=self.device), batch=cfg.certify_batch)
 
 
 def run_defense_segment(ctx: Any, lease: Lease, h: dict[str, str]) -> str:
@@ -186,7 +189,7 @@ def run_defense_segment(ctx: Any, lease: Lease, h: dict[str, str]) -> str:
                 detail=f"this zo-ae-ds job needs exactly {need} black-box queries ({steps} training steps); "
                        f"budget: max_queries={budget.max_queries}, max_steps={budget.max_steps}"))
         raw = ctx.store.checkpoint(lease.job_id)
-        state = load_state(raw) if raw else job.fresh_state()
+        state = place_state(load_state(raw), raw, job.device) if raw else job.fresh_state()
         sink = RedisSink(ctx.store, lease, ctx.cancels)
         try:
             outcome, state, tally = _work(job, state, sink, ctx.settings)
@@ -270,14 +273,14 @@ def report(job: _Job, state: dict[str, Any], tally: Tally) -> dict[str, Any]:
     certs = certificates(state, n)
     r_max = max_radius(cfg.sigma, cfg.certify_n, cfg.certify_alpha)
     radii = [round(r_max * k / RADII_STEPS, 4) for k in range(RADII_STEPS + 1)]
-    acc = certified_accuracy(certs, [int(y) for y in job.y_te], radii)
+    acc = certified_accuracy(certs, job.y_te.tolist(), radii)
     return {"method": "ZO-AE-DS" if cfg.use_autoencoder else "ZO-DS", "estimator": cfg.estimator,
             "sigma": cfg.sigma, "n0": cfg.certify_n0, "n": cfg.certify_n, "alpha": cfg.certify_alpha,
             "max_radius": r_max, "points": n, "radii": radii, "certified_accuracy": list(acc),
             "clean_accuracy_smoothed": acc[0], "abstained": sum(c.label == ABSTAIN for c in certs),
             "certification_queries": n * (cfg.certify_n0 + cfg.certify_n), "total_queries": tally.queries,
             "certificates": [{"label": None if c.label == ABSTAIN else c.label, "radius": c.radius,
-                              "p_lower": c.p_lower, "true_label": int(y)} for c, y in zip(certs, job.y_te)]}
+                              "p_lower": c.p_lower, "true_label": y} for c, y in zip(certs, job.y_te.tolist())]}
 
 
 def _succeed(job: _Job, state: dict[str, Any], tally: Tally, events: list[tuple[str, str]]) -> str:

@@ -41,7 +41,7 @@ def planned_steps(cfg: ae_ds.AEDSConfig, n_train: int) -> int:
 
 def frontend_bytes(state: dict[str, Any], cfg: ae_ds.AEDSConfig) -> bytes:
     """safetensors of every front-end tensor; metadata: the shape and the config."""
-    tensors = {k: v.contiguous() for k, v in state.items() if isinstance(v, Tensor) and k.startswith(PREFIXES)}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items() if isinstance(v, Tensor) and k.startswith(PREFIXES)}
     meta = {k: str(v) for k, v in shape_entries(shape_of(state)).items()}
     meta["config"] = json.dumps(cfg.__dict__)
     return st_save(tensors, metadata=meta)

@@ -223,3 +223,43 @@ def test_wire_config_builds_the_algorithm_config() -> None:
     with pytest.raises(ValueError):
         ZOAEDSConfig(unknown=1)  # type: ignore[call-arg]
     assert math.isclose(max_radius(0.25, 10_000, 0.001), 0.80, abs_tol=0.005)  # brief §4: R_max = 0.80
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@CUDA
+@pytest.mark.parametrize("stage", ["autoencoder", "denoiser", "stability"])
+def test_a_gpu_worker_trains_and_certifies_on_the_device(stage: str) -> None:
+    """State, data, noise, directions and the black box's scores stay on cuda; the minibatches are the
+    CPU's (drawn on the host), the checkpoint and the front end's bytes come back to the host."""
+    from workers.defense_plan import frontend_bytes
+    from workers.device import place_state
+
+    cuda = torch.device("cuda")
+    cfg, f, data = _cfg(estimator="rge", denoiser_epochs=1), _stand_in().to(cuda), _images().to(cuda)
+    state = place_state(ae_ds.init_state(cfg, SHAPE, 5), None, cuda)
+    if stage != "autoencoder":
+        state = ae_ds.begin_stage(state, stage, cfg, targets=ae_ds.pseudo_labels(f, data))  # type: ignore[arg-type]
+    step = ae_ds.mse_step if stage in ("autoencoder", "denoiser") else (lambda s, d, c: ae_ds.zo_step(s, d, c, f))
+    for _ in range(2):
+        state, info = step(state, data, cfg)
+        assert math.isfinite(info.loss)
+    assert all(v.device.type == "cuda" for v in state.values() if isinstance(v, Tensor))
+    assert torch.equal(ae_ds._indices(state, N, cfg), ae_ds._indices(load_state(dump_state(state)), N, cfg))
+    cert = certify(ae_ds.defended(state, cfg, f), data[0], sigma=0.1, n0=20, n=60, alpha=0.01, num_classes=5,
+                   gen=torch.Generator(device=cuda).manual_seed(0), batch=25)
+    assert cert.label == ABSTAIN or 0 <= cert.label < 5
+    assert frontend_bytes(state, cfg)  # safetensors of host copies
+
+
+def test_noise_on_a_cpu_worker_is_the_documented_cpu_draw() -> None:
+    """Drawing on ``data.device`` keeps a CPU worker's numbers: x + σ·randn from step_generator(seed, step, stream)."""
+    from workers.algorithms.base import step_generator
+
+    cfg, f, data = _cfg(estimator="rge"), _stand_in(), _images()
+    state = _stability_state(cfg, f, data, seed=3)
+    _, x, noisy = ae_ds.minibatch(state, data, cfg)
+    gen = step_generator(3, int(state["step"]), ae_ds._stream(state, ae_ds._NOISE))
+    assert torch.equal(x, data[ae_ds._indices(state, N, cfg)])
+    assert torch.equal(noisy, x + torch.randn(x.shape, generator=gen) * cfg.sigma)

@@ -191,7 +191,7 @@ def plan_stability(state: State, data: Tensor, cfg: AEDSConfig) -> StabilityPlan
     """
     mods, _, noisy = minibatch(state, data, cfg)
     est = cfg.estimator_fn()
-    gen = step_generator(int(state["seed"]), int(state["step"]), _stream(state, _DIRS))
+    gen = step_generator(int(state["seed"]), int(state["step"]), _stream(state, _DIRS), device=data.device)
     with torch.no_grad():
         z = latent(mods, noisy, cfg)
         planned = [est.plan(z_b, gen) for z_b in z]
@@ -290,11 +290,12 @@ def batch_targets(state: State, n: int, cfg: AEDSConfig) -> Tensor:
     targets = state["targets"]
     if not isinstance(targets, Tensor):
         raise ValueError("the state has no targets")
-    return targets[_indices(state, n, cfg)]
+    return targets[_indices(state, n, cfg).to(targets.device)]
 
 
 def _indices(state: State, n: int, cfg: AEDSConfig) -> Tensor:
-    """This step's minibatch: a slice of the epoch's permutation (the last batch may be short)."""
+    """This step's minibatch: a slice of the epoch's permutation (the last batch may be short), drawn
+    on the CPU whatever the data's device, so every device type trains on the same batches."""
     gen = step_generator(int(state["seed"]), int(state["epoch"]), _stream(state, _PERM))
     perm = torch.randperm(n, generator=gen)
     start = int(state["batch"]) * cfg.batch_size
@@ -313,9 +314,9 @@ def minibatch(state: State, data: Tensor, cfg: AEDSConfig) -> tuple[FrontEnd, Te
     targets = state.get("targets")
     if isinstance(targets, Tensor) and targets.shape[0] != data.shape[0]:
         raise ValueError(f"the stage's targets cover {targets.shape[0]} images, data has {data.shape[0]}")
-    x = data[_indices(state, data.shape[0], cfg)]
-    gen = step_generator(int(state["seed"]), int(state["step"]), _stream(state, _NOISE))
-    delta = torch.randn(x.shape, generator=gen, dtype=x.dtype) * cfg.sigma
+    x = data[_indices(state, data.shape[0], cfg).to(data.device)]
+    gen = step_generator(int(state["seed"]), int(state["step"]), _stream(state, _NOISE), device=x.device)
+    delta = torch.randn(x.shape, generator=gen, dtype=x.dtype, device=x.device) * cfg.sigma
     mods = build(shape_of(state), state)
     mods.decoder.eval()  # frozen (pitfall 10); the denoiser's BN runs in train mode (pitfall 12)
     return mods, x, x + delta

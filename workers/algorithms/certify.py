@@ -52,15 +52,16 @@ class CertifyReport(NamedTuple):
 
 def sample_counts(base: Classifier, x: Tensor, num: int, sigma: float, num_classes: int,
                   gen: torch.Generator, batch: int) -> Tensor:
-    """Class counts of ``base`` over ``num`` Gaussian-noisy copies of ``x`` (batched calls)."""
+    """Class counts of ``base`` over ``num`` Gaussian-noisy copies of ``x`` (batched calls); the noise is
+    drawn on ``x``'s device (``gen`` must live there), the counts are kept on the CPU."""
     counts = torch.zeros(num_classes, dtype=torch.int64)
     left = num
     while left > 0:
         b = min(batch, left)
-        noise = torch.randn((b, *x.shape), generator=gen, dtype=x.dtype) * sigma
+        noise = torch.randn((b, *x.shape), generator=gen, dtype=x.dtype, device=x.device) * sigma
         with torch.no_grad():
             labels = base(x.unsqueeze(0) + noise).argmax(dim=1)
-        counts += torch.bincount(labels, minlength=num_classes)[:num_classes]
+        counts += torch.bincount(labels, minlength=num_classes)[:num_classes].cpu()
         left -= b
     return counts
 
@@ -115,7 +116,7 @@ def certify_dataset(base: Classifier, images: Tensor, labels: Tensor, *, sigma: 
     """CERTIFY every image (noise for point i from ``step_generator(seed, i)``) and tabulate CA(r)."""
     certs = tuple(
         certify(base, images[i], sigma=sigma, n0=n0, n=n, alpha=alpha, num_classes=num_classes,
-                gen=step_generator(seed, i), batch=batch)
+                gen=step_generator(seed, i, device=images.device), batch=batch)
         for i in range(images.shape[0])
     )
     acc = certified_accuracy(certs, [int(y) for y in labels], radii)
