@@ -104,7 +104,9 @@ return {{token, st}}
 # ARGV: token, op json {hset:{...}, queries:{...}, release:bool, lease_ttl, maxlen, cid, job, outbox, due},
 #       ckpt bytes ('' = keep), then (type, event json) pairs
 # Returns -1 fenced out (a newer segment owns the job), -2 job already terminal, 1 cancel requested, 0 ok.
-# ``cid`` makes a retried commit (reply lost when Redis restarted) a no-op; ``outbox`` (a "job|ticket"
+# ``steps`` (optional) gives each event's step (0: not a progress event): a step at or below the job's
+# ``published_step`` is not appended again, and ``progress`` never moves back, whatever a segment believes
+# (defence in depth behind the replay logic; each drop is counted in ``republished_dropped``). ``cid`` makes a retried commit (reply lost when Redis restarted) a no-op; ``outbox`` (a "job|ticket"
 # member, due at ``due``) records a segment to be sent, so the reaper sends it if this worker dies first;
 # a release clears ``open`` and the crash count.
 COMMIT = f"""
@@ -113,8 +115,27 @@ local op = cjson.decode(ARGV[2])
 if op.cid ~= '' and redis.call('HGET', KEYS[3], 'last_commit') == op.cid then return 0 end
 local st = redis.call('HGET', KEYS[3], 'status')
 if {TERMINAL} then redis.call('DEL', KEYS[2]) return -2 end
-for i = 4, #ARGV, 2 do redis.call('XADD', KEYS[4], 'MAXLEN', '~', op.maxlen, '*', 't', ARGV[i], 'e', ARGV[i + 1]) end
-for k, v in pairs(op.hset) do redis.call('HSET', KEYS[3], k, v) end
+local published = tonumber(redis.call('HGET', KEYS[3], 'published_step'))
+if not published then
+  local p = redis.call('HGET', KEYS[3], 'progress')
+  published = (p and tonumber(cjson.decode(p).step)) or 0
+end
+local steps, dropped, j = op.steps or {{}}, 0, 0
+for i = 4, #ARGV, 2 do
+  j = j + 1
+  local s = tonumber(steps[j]) or 0
+  if s > 0 and s <= published then
+    dropped = dropped + 1
+  else
+    redis.call('XADD', KEYS[4], 'MAXLEN', '~', op.maxlen, '*', 't', ARGV[i], 'e', ARGV[i + 1])
+    if s > published then published = s end
+  end
+end
+redis.call('HSET', KEYS[3], 'published_step', published)
+if dropped > 0 then redis.call('HINCRBY', KEYS[3], 'republished_dropped', dropped) end
+for k, v in pairs(op.hset) do
+  if k ~= 'progress' or (tonumber(cjson.decode(v).step) or 0) >= published then redis.call('HSET', KEYS[3], k, v) end
+end
 for k, v in pairs(op.queries) do redis.call('HSET', KEYS[6], k, v) end
 if ARGV[3] ~= '' then redis.call('SET', KEYS[5], ARGV[3]) end
 if op.cid ~= '' then redis.call('HSET', KEYS[3], 'last_commit', op.cid) end

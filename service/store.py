@@ -8,6 +8,7 @@ Invariants (each enforced by one Lua script in ``scripts.py``):
   terminal status. Each change appends one ``status`` event (terminal ones a result/error event).
 * Only the segment holding the current fencing token may write progress, checkpoints, pending
   queries or results; a stale segment's writes are rejected as a whole.
+* Each step's progress event is appended once (``published_step``), and ``progress`` never moves back.
 * A pending query is answered at most once, and only while it is the job's pending query.
 * Events are read in stream order; ids are Redis Stream ids, strictly increasing per job.
 * Every read and write is scoped by tenant: another tenant's job is "not found".

@@ -102,7 +102,8 @@ class WorkerStore:
         hset = {**progress_field(events), **(hset or {})}
         op = {"hset": {"updated_at": now_iso(), **hset}, "queries": queries or {},
               "release": release, "lease_ttl": self.lease_ttl, "maxlen": self.maxlen, "cid": uuid.uuid4().hex,
-              "job": job_id, "outbox": f"{job_id}|{outbox}" if outbox else "", "due": time.time() + due_in}
+              "job": job_id, "outbox": f"{job_id}|{outbox}" if outbox else "", "due": time.time() + due_in,
+              "steps": [ev["step"] if kind == "progress" and isinstance(ev, dict) else 0 for kind, ev in events]}
         flat = [part if isinstance(part, (str, bytes)) else wire_event(part) for pair in events for part in pair]
         return int(self._commit(keys=[keys.fence(job_id), keys.lease(job_id), keys.job(job_id), keys.events(job_id),
                                       keys.checkpoint(job_id), keys.queries(job_id), keys.OUTBOX, keys.OPEN],

@@ -104,7 +104,7 @@ def execute_segment(task: Task, ctx: Context, lease: Lease) -> str:
     except DeviceMismatch as exc:
         return _fail(ctx, lease, h, Problem(type="urn:zoserve:device-mismatch", title="Job cannot resume on this worker",
                                            status=409, detail=str(exc)))
-    published = json.loads(h.get("progress") or "{}").get("step", 0)
+    published = max(json.loads(h.get("progress") or "{}").get("step", 0), int(h.get("published_step") or 0))
     state["run.published_step"] = max(int(state.get("run.published_step", 0)), int(published))
     _, tally = split_state(state)
     answer = ctx.store.answer(lease.job_id, tally.pending) if tally.pending else None

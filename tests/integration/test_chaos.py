@@ -95,6 +95,7 @@ def test_sigkilled_workers_lose_no_job_and_finish_none_twice(chaos_stack: tuple[
         "resent_by_reaper": len(re.findall(r"reaper: re-sent", logs)),
         "stale_deliveries_skipped": len(re.findall(r"skipped \(-3", logs)),
         "fenced_segments": len(re.findall(r"succeeded in [0-9.]+s: 'fenced'", logs)),
+        "republished_steps_dropped": sum(int(r.hget(f"zo:job:{j}", "republished_dropped") or 0) for j in ids),
         "terminal_events": sum(sum(e["type"] in ("result", "error") for e in stream(r, j)) for j in ids),
         "queries": sum((j.get("result") or {}).get("queries", 0) for j in jobs),
         "queries_undisturbed": sum(want["queries"] for want, _ in references),

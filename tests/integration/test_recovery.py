@@ -97,6 +97,25 @@ def test_commit_retried_after_a_lost_reply_applies_once(bare: tuple[str, redis.R
     assert r.xlen(keys.events(job_id)) == before + 1
 
 
+def test_a_step_is_published_once_and_progress_never_moves_back(bare: tuple[str, redis.Redis]) -> None:
+    """The store's guard behind the replay logic: whatever a segment believes it must publish, a step
+    already in the stream is not appended again and the job's progress does not regress."""
+    url, r = bare
+    job_id, ticket = create(url)
+    store = WorkerStore(r, lease_ttl=30, maxlen=1000)
+    lease = store.acquire(job_id, ticket)
+    progress = [("progress", {"type": "progress", "time": 0.0, "step": s, "queries": 3 * s, "failed_queries": 0,
+                              "evaluations": 3 * s, "value": 1.0 / s, "best_value": 1.0 / s, "extra": {}}) for s in (1, 2, 3)]
+    assert store.commit(job_id, lease.token, events=progress[:2]) == 0
+    assert store.commit(job_id, lease.token, events=[progress[1], progress[2]]) == 0  # step 2 again, then 3
+    assert store.commit(job_id, lease.token, events=[progress[0]],  # a stale segment's final commit
+                        hset={"progress": json.dumps({"step": 1})}) == 0
+    steps = [json.loads(f[b"e"])["step"] for _, f in r.xrange(keys.events(job_id)) if f[b"t"] == b"progress"]
+    assert steps == [1, 2, 3]
+    h = r.hgetall(keys.job(job_id))
+    assert json.loads(h[b"progress"])["step"] == 3 and h[b"published_step"] == b"3" and h[b"republished_dropped"] == b"2"
+
+
 def test_a_waiting_job_ignores_stray_segments(bare: tuple[str, redis.Redis]) -> None:
     url, r = bare
     job_id, ticket = create(url)
