@@ -55,6 +55,12 @@ def artifact(job_id: str, name: str) -> str:
     return f"{PREFIX}:job:{job_id}:artifact:{name}"
 
 
+def candidate_media(job_id: str, query_id: str) -> str:
+    """Hash: a ranking query's candidates drawn by the user's generator, ``<id>`` -> image bytes and
+    ``<id>:type`` -> its media type (``render: "endpoint"``)."""
+    return f"{PREFIX}:job:{job_id}:media:{query_id}"
+
+
 SEQUENCE = f"{PREFIX}:seq"
 WORKERS = f"{PREFIX}:workers"  # sorted set: worker name -> last heartbeat (unix seconds)
 CANCEL_CHANNEL = f"{PREFIX}:cancel"  # pub/sub: job ids whose cancel was requested

@@ -109,6 +109,13 @@ class WorkerStore:
                                       keys.checkpoint(job_id), keys.queries(job_id), keys.OUTBOX, keys.OPEN],
                                 args=[token, json.dumps(op), ckpt or b"", *flat]))
 
+    def put_media(self, job_id: str, query_id: str, media: dict[str, tuple[bytes, str]]) -> None:
+        """Store a query's candidate images (written before the fenced commit that publishes the query)."""
+        mapping: dict[str, bytes | str] = {}
+        for cid, (data, media_type) in media.items():
+            mapping[cid], mapping[f"{cid}:type"] = data, media_type
+        self.r.hset(keys.candidate_media(job_id, query_id), mapping=mapping)
+
     def sent(self, job_id: str, ticket: str) -> None:
         """The segment ``(job_id, ticket)`` is in the broker: drop its outbox entry."""
         self.r.zrem(keys.OUTBOX, f"{job_id}|{ticket}")

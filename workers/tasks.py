@@ -167,7 +167,9 @@ def _finish(ctx: Context, lease: Lease, h: dict[str, str], events: list[tuple[st
     if outcome is Outcome.WAITING:
         assert res is not None and res.query is not None
         qid = res.tally.pending
-        payload = res.pending.payload if res.pending else {}
+        payload = dict(res.pending.payload) if res.pending else {}
+        if media := payload.pop("media", None):  # candidates drawn by the user's generator: stored beside the query
+            store.put_media(job_id, qid, media)
         kind = res.query.kind
         record = {"id": qid, "job_id": job_id, "kind": kind, "step": res.tally.step + 1,
                   "created_at": datetime.now(timezone.utc).isoformat(), **payload}

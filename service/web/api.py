@@ -7,6 +7,7 @@ browser pages call them exactly as the SDK would. Rater tokens reach only the on
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Annotated, Any
 
@@ -29,7 +30,8 @@ IMMUTABLE = "private, max-age=31536000, immutable"
     "/{job_id}/queries/{query_id}/candidates/{candidate_id}.png",
     tags=["queries"], summary="A ranking candidate drawn as a PNG", response_class=Response,
     responses={200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
-                     "description": "The candidate drawn by the objective's renderer (palette, curve, image, vector)."},
+                     "description": "The candidate drawn by the objective's renderer (palette, curve, image, vector), "
+                                    "or the image the user's generator drew for it (render 'endpoint': PNG, JPEG or WebP)."},
                304: {"description": "Not modified (If-None-Match matched the ETag)."}},
 )
 async def candidate_png(query_id: str, candidate_id: str, job: JobHashDep, store: StoreDep,
@@ -41,13 +43,32 @@ async def candidate_png(query_id: str, candidate_id: str, job: JobHashDep, store
     point = next((c.get("point") for c in query.get("candidates") or [] if c.get("id") == candidate_id), None)
     if point is None:
         raise NotFound(f"query {query_id} has no candidate {candidate_id}")
-    render = pick_renderer(query.get("render") or json.loads(job["spec_public"])["objective"].get("render"))
+    render = query.get("render") or json.loads(job["spec_public"])["objective"].get("render")
+    if render == "endpoint":  # drawn by the user's generator when the query was asked
+        data, media_type = await store.r.hmget(keys.candidate_media(job["id"], query_id), candidate_id, f"{candidate_id}:type")
+        if data is None:
+            raise NotFound(f"candidate {candidate_id} of query {query_id} has no stored image")
+        tag = '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
+        return _not_modified(tag) if _matches(tag, if_none_match) else _image(data, media_type.decode(), tag)
+    render = pick_renderer(render)
     tag = etag(render, point)
-    headers = {"Cache-Control": IMMUTABLE, "ETag": tag}
-    if if_none_match and tag in {t.strip() for t in if_none_match.split(",")}:
-        return Response(status_code=304, headers=headers)
+    if _matches(tag, if_none_match):
+        return _not_modified(tag)
     png = await run_in_threadpool(cached_png, render, point, tag)  # Pillow off the event loop
-    return Response(png, media_type="image/png", headers=headers)
+    return _image(png, "image/png", tag)
+
+
+def _matches(tag: str, if_none_match: str | None) -> bool:
+    return bool(if_none_match) and tag in {t.strip() for t in (if_none_match or "").split(",")}
+
+
+def _not_modified(tag: str) -> Response:
+    return Response(status_code=304, headers={"Cache-Control": IMMUTABLE, "ETag": tag})
+
+
+def _image(data: bytes, media_type: str, tag: str) -> Response:
+    """A candidate's image: a pure function of the query, so cached forever."""
+    return Response(data, media_type=media_type, headers={"Cache-Control": IMMUTABLE, "ETag": tag})
 
 
 @router.get("/{job_id}/queries/{query_id}/answer", response_model=QueryAnswer, tags=["queries"],

@@ -13,6 +13,8 @@ Routes:
     GET  /v2/health/ready              readiness (Open Inference Protocol v2)
     GET  /v2/models/{name}             model metadata
     POST /v2/models/{name}/infer       v2 inference ("digits": logits, "sphere": scalar)
+    POST /draw?format=F                {"point": [...]} -> a 32x32 picture from a fixed random torch decoder
+                                       (F: png (default), jpeg; "text" and "huge" answer what no renderer accepts)
 Fault injection (all answer like /predict once they let a request through):
     POST /slow?delay=S                 sleeps S seconds first
     POST /flaky?key=K&fail=N           500 for the first N calls per key
@@ -184,9 +186,33 @@ def create_app() -> FastAPI:
         center = float(body.get("center", 1.0))
         return {"outputs": ((_rows(body) - center) ** 2).sum(1).tolist()}
 
+    @app.post("/draw")
+    async def draw_route(request: Request, format: str = "png") -> Response:
+        point = (await request.json())["point"]
+        calls["draw"] += 1
+        if format == "text":
+            return Response("not an image", media_type="text/plain")
+        if format == "huge":
+            return Response(b"\x89PNG\r\n\x1a\n" + bytes(5 * 2**20), media_type="image/png")
+        return Response(draw(point, format), media_type=f"image/{format}")
+
     _add_fault_routes(app, calls)
     _add_v2_routes(app)
     return app
+
+
+def draw(point: list[float], fmt: str = "png") -> bytes:
+    """A point drawn as a 32x32 RGB picture: sigmoid(W @ point), W fixed by a seed (a toy image generator)."""
+    import io
+
+    from PIL import Image
+
+    x = torch.tensor(point, dtype=torch.float32)
+    w = torch.randn(32 * 32 * 3, x.numel(), generator=torch.Generator().manual_seed(7))
+    pixels = (torch.sigmoid(w @ x) * 255).round().to(torch.uint8).reshape(32, 32, 3)
+    out = io.BytesIO()
+    Image.fromarray(pixels.numpy(), "RGB").save(out, format=fmt.upper())
+    return out.getvalue()
 
 
 @dataclass

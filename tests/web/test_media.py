@@ -91,3 +91,63 @@ def test_pages_are_served_with_a_strict_policy(api_url: str) -> None:
     assert js.status_code == 200 and js.headers["content-type"].startswith("text/javascript")
     assert httpx.get(f"{api_url}/ui/static/rank.js", headers={"If-None-Match": js.headers["etag"]}).status_code == 304
     assert httpx.get(f"{api_url}/ui/static/..%2Fpages.py").status_code == 404
+
+
+def _drawn_job(client: zoserve.Client, url: str, **budget: int) -> zoserve.Job:
+    return client.jobs.create({"algorithm": "zo-ranksgd", "seed": 5, "budget": budget or {"max_queries": 2},
+                               "objective": {"kind": "ranking", "oracle": "human", "dim": 6, "m": 4, "k": 2,
+                                             "render": "endpoint", "render_url": url,
+                                             "render_headers": {"X-Api-Key": "draw-secret"}}})
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg"])
+def test_endpoint_renderer_shows_what_the_users_generator_drew(client: zoserve.Client, api_url: str, fmt: str) -> None:
+    """The worker POSTs each candidate to the user's generator when it asks the query; the API serves
+    those very bytes (cached, tenant-checked), and the generator's secret header is never echoed."""
+    from tests.support.model_server import draw, serve
+
+    with serve() as server:
+        job = _drawn_job(client, f"{server.url}/draw?format={fmt}")
+        assert job.spec["objective"]["render_headers"] == {"X-Api-Key": "**********"}
+        q = wait_until(lambda: client.jobs.queries(job.id, "pending"))[0]
+        assert server.app.state.calls["draw"] == 4  # drawn once, when asked; the API never calls it
+        for c in q.candidates:
+            url = f"{api_url}/v1/jobs/{job.id}/queries/{q.id}/candidates/{c['id']}.png"
+            r = httpx.get(url, headers=AUTH)
+            assert r.status_code == 200 and r.headers["content-type"] == f"image/{fmt}"
+            assert r.content == draw(c["point"], fmt) and Image.open(io.BytesIO(r.content)).size == (32, 32)
+            assert httpx.get(url, headers={**AUTH, "If-None-Match": r.headers["etag"]}).status_code == 304
+            assert httpx.get(url, headers={"Authorization": f"Bearer {OTHER_KEY}"}).status_code == 404
+        client.jobs.answer(job.id, q.id, ranking=[c["id"] for c in q.candidates[:2]])
+        nxt = wait_until(lambda: [p for p in client.jobs.queries(job.id, "pending") if p.id != q.id])[0]
+        assert server.app.state.calls["draw"] == 4 + len(nxt.candidates)  # each query drawn once, whatever its size
+
+
+@pytest.mark.parametrize(("route", "reason"), [("/draw?format=text", "not a PNG, JPEG or WebP image"),
+                                               ("/draw?format=huge", "(at most 4194304)")])
+def test_a_generator_that_draws_no_image_fails_the_job_with_the_reason(
+        client: zoserve.Client, route: str, reason: str) -> None:
+    from tests.support.model_server import serve
+
+    with serve() as server:
+        job = _drawn_job(client, server.url + route)
+        with pytest.raises(zoserve.JobFailed) as failed:
+            job.wait()
+    assert reason in failed.value.problem.detail and "render endpoint http://127.0.0.1" in failed.value.problem.detail
+
+
+def test_a_generator_on_a_metadata_address_is_refused(client: zoserve.Client) -> None:
+    with pytest.raises(zoserve.JobFailed) as failed:
+        _drawn_job(client, "http://169.254.169.254/latest/draw").wait()
+    assert "169.254.169.254" in failed.value.problem.detail
+
+
+def test_endpoint_render_needs_its_url_and_a_person_to_look(api_url: str) -> None:
+    base = {"kind": "ranking", "oracle": "human", "dim": 3}
+    for objective in ({**base, "render": "endpoint"}, {**base, "render_url": "http://127.0.0.1:9/draw"},
+                      {**base, "oracle": "builtin", "function": "sphere", "render": "endpoint",
+                       "render_url": "http://127.0.0.1:9/draw"},
+                      {**base, "render": "endpoint", "render_url": "http://127.0.0.1:9/draw", "render_headers": {"Host": "x"}}):
+        r = httpx.post(f"{api_url}/v1/jobs", headers=AUTH,
+                       json={"algorithm": "zo-ranksgd", "objective": objective, "budget": {"max_queries": 2}})
+        assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json", objective

@@ -276,6 +276,19 @@ class EndpointObjective:
         results = await self._gather(torch.as_tensor(inputs, dtype=torch.float64), self._outputs_chunk)
         return torch.cat([out for out, _ in results])
 
+    async def post(self, body: bytes) -> bytes:
+        """One JSON POST of ``body`` with this endpoint's SSRF guard, retries, redirects and size limit; the
+        answer's bytes (for adapters that speak another protocol, e.g. the candidate renderer)."""
+        await self._ensure_client()
+        async with self._slots:
+            data, _ = await self._call_with_retries(body)
+        return data
+
+    @property
+    def where(self) -> str:
+        """``endpoint <url>`` for messages (no query string or credentials)."""
+        return self._where
+
     def resolve(self, query: Query, payload: dict[str, Any]) -> Evaluation:
         """Endpoint objectives answer at once; nothing is ever pending."""
         raise NotImplementedError("endpoint objectives never return Pending")

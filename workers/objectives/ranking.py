@@ -12,7 +12,7 @@ the same shuffle is recomputed. The pending query also records the mapping.
 from __future__ import annotations
 
 import string
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -22,6 +22,9 @@ from workers.algorithms.ranking import rank_by_values
 
 from .base import Evaluation, ObjectiveInvalid, Pending
 from .builtin import FUNCTIONS, default_x0, noise_generator
+
+if TYPE_CHECKING:
+    from .render import CandidateRenderer
 
 ALPHABET = string.ascii_uppercase
 
@@ -73,8 +76,9 @@ class BuiltinRankingOracle:
 class ExternalRankingOracle:
     """Publishes candidates (shuffled) and waits for a ranking of display ids, best first."""
 
-    def __init__(self, dim: int, seed: int, render: str | None = None, x0: float | None = None):
-        self.dim, self.seed, self.render, self.x0 = dim, seed, render, x0
+    def __init__(self, dim: int, seed: int, render: str | None = None, x0: float | None = None,
+                 renderer: CandidateRenderer | None = None):
+        self.dim, self.seed, self.render, self.x0, self.renderer = dim, seed, render, x0, renderer
 
     def default_x0(self) -> Tensor:
         return torch.full((self.dim,), float(self.x0 or 0.0), dtype=torch.float64)
@@ -82,8 +86,12 @@ class ExternalRankingOracle:
     async def evaluate(self, query: Query) -> Pending:
         order = display_order(query.points, self.seed)
         candidates = [{"id": display_id(j), "point": query.points[i].tolist()} for j, i in enumerate(order)]
-        return Pending({"candidates": candidates, "k": _k(query), "render": self.render,
-                        "mapping": {display_id(j): i for j, i in enumerate(order)}})
+        payload = {"candidates": candidates, "k": _k(query), "render": self.render,
+                   "mapping": {display_id(j): i for j, i in enumerate(order)}}
+        if self.renderer is not None:  # the user's generator draws them now; the runner stores the images
+            images = await self.renderer.render(query.points[list(order)])
+            payload["media"] = {c["id"]: image for c, image in zip(candidates, images)}
+        return Pending(payload)
 
     def resolve(self, query: Query, payload: dict[str, Any]) -> Evaluation:
         ranking = payload.get("ranking")
@@ -102,4 +110,5 @@ class ExternalRankingOracle:
         return Evaluation(Answer(ranking=picked[:k]), queries=1, evaluations=int(query.points.shape[0]))
 
     async def aclose(self) -> None:
-        return None
+        if self.renderer is not None:
+            await self.renderer.aclose()

@@ -62,7 +62,12 @@ def _ranking(spec: Any, seed: int, settings: Any) -> Objective:
     if spec.oracle == "builtin":
         return BuiltinRankingOracle(spec.function, spec.dim, spec.noise, spec.flip_prob, seed, spec.x0)
     if spec.oracle in ("human", "client"):
-        return ExternalRankingOracle(spec.dim, seed, spec.render, spec.x0)
+        renderer = None
+        if spec.render == "endpoint":
+            from .render import CandidateRenderer
+
+            renderer = CandidateRenderer(str(spec.render_url), spec.render_headers, spec.dim, allow=settings.ssrf_allow)
+        return ExternalRankingOracle(spec.dim, seed, spec.render, spec.x0, renderer)
     from .ranking_endpoint import EndpointRankingOracle
 
     return EndpointRankingOracle(spec, seed, settings)

@@ -116,13 +116,7 @@ class EndpointObjective(BaseModel):
     @field_validator("headers")
     @classmethod
     def _check_headers(cls, headers: dict[str, SecretStr]) -> dict[str, SecretStr]:
-        for name, value in headers.items():
-            if not _TOKEN.match(name) or name.lower() in _RESERVED_HEADERS:
-                raise ValueError(f"header name {name!r} is not allowed")
-            secret = value.get_secret_value()
-            if len(secret) > 8192 or any(c in secret for c in "\r\n\0"):
-                raise ValueError(f"header {name!r} has an invalid value")
-        return headers
+        return check_headers(headers)
 
     @field_validator("penalty", "clip_lo", "clip_hi", "kappa")
     @classmethod
@@ -165,6 +159,17 @@ class EndpointObjective(BaseModel):
     def header_values(self) -> dict[str, str]:
         """The real header values (worker side only; never log or return them)."""
         return {k: v.get_secret_value() for k, v in self.headers.items()}
+
+
+def check_headers(headers: dict[str, SecretStr]) -> dict[str, SecretStr]:
+    """Extra request headers a user may set: token names, not hop-by-hop or framing ones, one-line values."""
+    for name, value in headers.items():
+        if not _TOKEN.match(name) or name.lower() in _RESERVED_HEADERS:
+            raise ValueError(f"header name {name!r} is not allowed")
+        secret = value.get_secret_value()
+        if len(secret) > 8192 or any(c in secret for c in "\r\n\0"):
+            raise ValueError(f"header {name!r} has an invalid value")
+    return headers
 
 
 class Shard(BaseModel):

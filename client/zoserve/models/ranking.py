@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import SecretStr, BaseModel, ConfigDict, Field, HttpUrl, model_validator
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, SecretStr, field_validator, model_validator
 
+from zoserve.models.endpoint import check_headers
 from zoserve.models.objectives import BuiltinFunction
 
 
@@ -116,12 +117,23 @@ class RankingObjective(BaseModel):
     headers: dict[Annotated[str, Field(max_length=128)], Annotated[SecretStr, Field(max_length=8192)]] = Field(
         default_factory=dict, max_length=20, description="'endpoint': extra request headers (auth); never echoed."
     )
-    render: Literal["vector", "palette", "curve", "image"] | None = Field(
-        None, description="How the web form displays a candidate vector (None: the service picks by dim)."
+    render: Literal["vector", "palette", "curve", "image", "endpoint"] | None = Field(
+        None, description="How the web form displays a candidate vector (None: the service picks by dim). "
+        "'endpoint': the worker POSTs {'point': [...]} per candidate to render_url, which answers a PNG, JPEG or "
+        "WebP image (at most 4 MiB) that the form shows."
+    )
+    render_url: HttpUrl | None = Field(None, description="render='endpoint': the image generator (point -> image).")
+    render_headers: dict[Annotated[str, Field(max_length=128)], Annotated[SecretStr, Field(max_length=8192)]] = Field(
+        default_factory=dict, max_length=20, description="render='endpoint': extra request headers (auth); never echoed."
     )
     x0: float | None = Field(
         None, ge=-1e6, le=1e6, description="Default start: every coordinate set to this value when the job gives no x0."
     )
+
+    @field_validator("headers", "render_headers")
+    @classmethod
+    def _check_headers(cls, headers: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        return check_headers(headers)
 
     @model_validator(mode="after")
     def _check_shape(self) -> RankingObjective:
@@ -135,4 +147,10 @@ class RankingObjective(BaseModel):
             raise ValueError("url is required for oracle='endpoint' and only allowed there")
         if self.headers and self.oracle != "endpoint":
             raise ValueError("headers apply to oracle='endpoint' only")
+        if (self.render == "endpoint") != (self.render_url is not None):
+            raise ValueError("render_url is required for render='endpoint' and only allowed there")
+        if self.render_headers and self.render != "endpoint":
+            raise ValueError("render_headers apply to render='endpoint' only")
+        if self.render == "endpoint" and self.oracle not in ("human", "client"):
+            raise ValueError("render='endpoint' draws candidates for people: oracle 'human' or 'client'")
         return self
