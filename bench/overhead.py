@@ -2,7 +2,9 @@
 
 ZO-SGD with RGE (gaussian, q = 20) on a cheap objective (sphere, d = 1000). Both sides run in one
 invocation on this machine, so the ratio is meaningful even when absolute speeds are noisy.
-Last line: one JSON object with bench, ratio and target.
+Last line: one JSON object with bench, ratio and target. ``cpu_ratio`` beside it compares CPU
+seconds per step (the bare loop's thread ÷ the worker process, all its threads): what the service
+spends per step on the worker's side.
 
 The headline is POST → ``wait()`` returns, as an SDK user sees it (queueing, start-up and the
 notice of the end included; ``wait()`` follows the job's status events, not every step's
@@ -34,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "client")]
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import psutil  # noqa: E402
 import torch  # noqa: E402
 
 from workers.algorithms.base import Answer  # noqa: E402
@@ -49,15 +52,18 @@ D, Q = 1000, 20
 CONFIG = {"q": Q, "lr": 1e-3}
 
 
-def in_process(steps: int) -> float:
-    """Plain ask → evaluate → tell loop: the algorithm with nothing around it."""
+def in_process(steps: int, cpu: list[float] | None = None) -> float:
+    """Plain ask → evaluate → tell loop: the algorithm with nothing around it. Steps/s; appends its
+    CPU seconds per step to ``cpu`` when given."""
     algo = build_algorithm("zo-sgd", ZOSGDConfig(**CONFIG).hparams())
     f = BuiltinObjective("sphere", D)
     state = algo.init(f.default_x0(), 0)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.thread_time()
     for _ in range(steps):
         query = algo.ask(state)
         state, _ = algo.tell(state, query, Answer(values=f.values(query.points)))
+    if cpu is not None:
+        cpu.append((time.thread_time() - c0) / steps)
     return steps / (time.perf_counter() - t0)
 
 
@@ -94,11 +100,18 @@ def spec(steps: int) -> dict[str, Any]:
             "objective": {"kind": "builtin", "function": "sphere", "dim": D}}
 
 
-def via_service(client: "zoserve.Client", steps: int) -> tuple[float, float]:
-    """(POST → ``wait()`` returns, the job's steady rate from its progress events: worker clock, first → last step)."""
+def via_service(client: "zoserve.Client", steps: int, worker: Any = None,
+                cpu: list[float] | None = None) -> tuple[float, float]:
+    """(POST → ``wait()`` returns, the job's steady rate from its progress events: worker clock, first → last step).
+
+    With ``worker`` (a psutil.Process), appends the worker process's CPU seconds per step (every thread:
+    the step loop, the event writer, Celery) to ``cpu``."""
+    c0 = sum(worker.cpu_times()[:2]) if worker is not None else 0.0
     t0 = time.perf_counter()
     job = client.jobs.create(spec(steps)).wait()
     rate = steps / (time.perf_counter() - t0)
+    if worker is not None and cpu is not None:
+        cpu.append((sum(worker.cpu_times()[:2]) - c0) / steps)
     assert job.progress.step == steps
     times = [ev.time.timestamp() for ev in client.jobs.poll_events(job.id, limit=10_000).items if ev.type == "progress"]
     assert len(times) == steps, (len(times), steps)
@@ -140,11 +153,14 @@ def main() -> None:
                                      "service: steady rate (worker clock)": [],
                                      "control: in-process, other core busy": []}
     ratios: dict[str, list[float]] = {k: [] for k in ("runner", "service", "steady", "control")}
+    cpu: dict[str, list[float]] = {"bare": [], "worker": []}
     with service(args.segment_seconds) as client:
         client.jobs.create({**spec(50)}).wait()  # warm the worker (imports, caches)
+        worker = next(p for p in psutil.Process().children(recursive=True) if "celery" in " ".join(p.cmdline()))
         in_process(500)
         for _ in range(args.rounds):  # alternate, so drifts in machine speed hit every side alike
-            base, runner, (svc, steady) = in_process(args.steps), in_process_runner(args.steps), via_service(client, args.steps)
+            base, runner = in_process(args.steps, cpu["bare"]), in_process_runner(args.steps)
+            svc, steady = via_service(client, args.steps, worker, cpu["worker"])
             row = [base, runner, svc, steady]
             if not args.no_control:
                 with other_core_busy():
@@ -164,13 +180,19 @@ def main() -> None:
         print(f"  {name:<48} {median(vs):10.1f} steps/s  {median(r) if r else 1.0:6.3f}×{spread}")
     print(f"  {'service: POST → last SSE event (client streams)':<48} {streamed:10.1f} steps/s  "
           f"{streamed / base:6.3f}×  (one run)")
+    bare_us, worker_us = median(cpu["bare"]) * 1e6, median(cpu["worker"]) * 1e6
+    cpu_rounds = [b / w for b, w in zip(cpu["bare"], cpu["worker"])]
+    print(f"  CPU per step: bare loop {bare_us:.0f} µs, worker process (all threads) {worker_us:.0f} µs → "
+          f"{bare_us / worker_us:.3f}×  (rounds {min(cpu_rounds):.3f}–{max(cpu_rounds):.3f})")
     print(json.dumps({"bench": "overhead", "ratio": round(median(ratios["service"]), 4), "target": 0.9,
                       "rounds": [round(r, 4) for r in ratios["service"]],
                       "runner_ratio": round(median(ratios["runner"]), 4),
                       "steady_ratio": round(median(ratios["steady"]), 4),
                       "control_ratio": round(median(ratios["control"]), 4) if ratios["control"] else None,
                       "steps_per_s": {k: round(median(v), 1) for k, v in rates.items() if v},
-                      "streaming_ratio": round(streamed / base, 4), "d": D, "q": Q, "steps": args.steps}))
+                      "streaming_ratio": round(streamed / base, 4), "cpu_ratio": round(bare_us / worker_us, 4),
+                      "cpu_us_per_step": {"bare": round(bare_us, 1), "worker": round(worker_us, 1)},
+                      "d": D, "q": Q, "steps": args.steps}))
 
 
 if __name__ == "__main__":
