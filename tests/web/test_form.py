@@ -167,6 +167,32 @@ def test_person_ranks_five_rounds_by_click_keyboard_and_drag(client: zoserve.Cli
     page.screenshot(path=str(OUT / "web-job-ranking.png"), full_page=True)
 
 
+def test_form_shows_the_pictures_the_users_generator_drew(client: zoserve.Client, api_url: str, open_page: Any) -> None:
+    """render='endpoint': the form's images are the ones the generator returned (32x32 here, where the
+    built-in renderers draw larger), and a person ranks them like any others."""
+    from playwright.sync_api import expect
+
+    from tests.support.model_server import serve
+
+    with serve() as server:
+        job = client.jobs.create({"algorithm": "zo-ranksgd", "seed": 2, "budget": {"max_queries": 3},
+                                  "objective": {"kind": "ranking", "oracle": "human", "dim": 6, "m": 4, "k": 1,
+                                                "render": "endpoint", "render_url": server.url + "/draw"}})
+        q = pending(client, job.id, 1)
+        page = open_page()
+        page.goto(f"/ui/jobs/{job.id}/rank")
+        expect_round(page, 1)
+        wait_images(page)
+        sizes = page.locator("#grid img").evaluate_all("(imgs) => imgs.map((i) => [i.naturalWidth, i.naturalHeight])")
+        assert sizes == [[32, 32]] * len(q.candidates)
+        page.click(f"#cand-{q.candidates[2]['id']}")
+        page.click("#submit")
+        expect_round(page, 2)
+        wait_images(page)
+    stored = httpx.get(f"{api_url}/v1/jobs/{job.id}/queries/{q.id}/answer", headers={"Authorization": f"Bearer {API_KEY}"})
+    assert stored.json() == {"ranking": [q.candidates[2]["id"]]}
+
+
 def test_double_submit_counts_once(client: zoserve.Client, api_url: str, open_page: Any) -> None:
     from playwright.sync_api import expect
 
