@@ -83,7 +83,7 @@ def test_a_round_whose_messages_are_all_lost_is_relaunched(client: zoserve.Clien
     control = make_celery(Settings(redis_url=redis_server.url, data_dir=tmp_path), redis_server.url).control
     job = client.jobs.create({**SPEC, "config": {**FAST, "rounds": 30}, "budget": {"max_steps": 30}})
     wait_until(lambda: client.jobs.get(job.id).progress.step >= 1, timeout=120)
-    assert len(control.cancel_consumer("cpu", reply=True, timeout=5)) == 2
+    assert len(control.cancel_consumer("cpu", reply=True, timeout=15, limit=2)) == 2
     try:
         wait_until(lambda: not any(job.id.encode() in m for m in r.hvals("unacked")), timeout=60)
         assert int(r.hget(f"zo:job:{job.id}", "fed_round")) < 30  # still mid-job
@@ -92,7 +92,7 @@ def test_a_round_whose_messages_are_all_lost_is_relaunched(client: zoserve.Clien
         for m in queued:
             r.lrem("cpu", 0, m)
     finally:
-        control.add_consumer("cpu", reply=True, timeout=5)
+        control.add_consumer("cpu", reply=True, timeout=15, limit=2)
     done = client.jobs.wait(job.id)
     assert done.status.value == "succeeded" and done.progress.step == 30
     steps = [e.step for e in client.jobs.poll_events(job.id, limit=10_000).items if e.type == "progress"]
