@@ -135,10 +135,11 @@ class Reaper:
                     del suspects[needle]
                 if not suspects:
                     break
-        for ticket, job_id in ((t, j) for t, j in suspects.items() if t in segments):
+        for ticket in suspects.keys() & segments.keys():
+            job_id = segments[ticket]
             r.zadd(keys.OUTBOX, {f"{job_id}|{ticket.decode()}": 0}, nx=True)  # due now: sent below
             log.warning("reaper: the segment message of %s vanished from the broker; re-sending it", job_id)
-        lost = {needle for needle in suspects if needle in federated}
+        lost = suspects.keys() & federated.keys()
         for needle in lost & self._fed_suspects:
             job_id, round_, queue = federated[needle]
             enqueue_relaunch(self.app, job_id, round_, queue)

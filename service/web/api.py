@@ -59,7 +59,7 @@ async def candidate_png(query_id: str, candidate_id: str, job: JobHashDep, store
 
 
 def _matches(tag: str, if_none_match: str | None) -> bool:
-    return bool(if_none_match) and tag in {t.strip() for t in (if_none_match or "").split(",")}
+    return if_none_match is not None and tag in {t.strip() for t in if_none_match.split(",")}
 
 
 def _not_modified(tag: str) -> Response:

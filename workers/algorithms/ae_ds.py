@@ -290,16 +290,17 @@ def batch_targets(state: State, n: int, cfg: AEDSConfig) -> Tensor:
     targets = state["targets"]
     if not isinstance(targets, Tensor):
         raise ValueError("the state has no targets")
-    return targets[_indices(state, n, cfg).to(targets.device)]
+    return targets[_indices(state, n, cfg, targets.device)]
 
 
-def _indices(state: State, n: int, cfg: AEDSConfig) -> Tensor:
+def _indices(state: State, n: int, cfg: AEDSConfig, device: torch.device | str = "cpu") -> Tensor:
     """This step's minibatch: a slice of the epoch's permutation (the last batch may be short), drawn
-    on the CPU whatever the data's device, so every device type trains on the same batches."""
+    on the CPU whatever the data's device, so every device type trains on the same batches; returned on
+    ``device``."""
     gen = step_generator(int(state["seed"]), int(state["epoch"]), _stream(state, _PERM))
     perm = torch.randperm(n, generator=gen)
     start = int(state["batch"]) * cfg.batch_size
-    return perm[start:start + cfg.batch_size]
+    return perm[start:start + cfg.batch_size].to(device)
 
 
 def _stream(state: State, base: int) -> int:
@@ -314,7 +315,7 @@ def minibatch(state: State, data: Tensor, cfg: AEDSConfig) -> tuple[FrontEnd, Te
     targets = state.get("targets")
     if isinstance(targets, Tensor) and targets.shape[0] != data.shape[0]:
         raise ValueError(f"the stage's targets cover {targets.shape[0]} images, data has {data.shape[0]}")
-    x = data[_indices(state, data.shape[0], cfg).to(data.device)]
+    x = data[_indices(state, data.shape[0], cfg, data.device)]
     gen = step_generator(int(state["seed"]), int(state["step"]), _stream(state, _NOISE), device=x.device)
     delta = torch.randn(x.shape, generator=gen, dtype=x.dtype, device=x.device) * cfg.sigma
     mods = build(shape_of(state), state)

@@ -33,7 +33,7 @@ import math
 import random
 import ssl
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any, TypeVar
 
 import httpcore
@@ -174,6 +174,17 @@ def guarded_transport(allow: Sequence[str], max_connections: int) -> httpx.Async
     return transport
 
 
+async def gather_in_order(calls: Iterable[Coroutine[Any, Any, _T]]) -> list[_T]:
+    """Run ``calls`` concurrently; their results in order. The first failure is raised as itself and
+    cancels the rest (not wrapped in an ExceptionGroup)."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(call) for call in calls]
+    except BaseExceptionGroup as eg:
+        raise eg.exceptions[0] from None
+    return [task.result() for task in tasks]
+
+
 def _loads(data: bytes) -> Any:
     """Parse an answer: orjson (~10x faster than ``json`` on 17-digit floats), else ``json`` for the
     NaN and Infinity tokens that Python servers write and orjson refuses (they are judged later)."""
@@ -304,13 +315,7 @@ class EndpointObjective:
         if not bool(torch.isfinite(inputs).all()):
             raise ObjectiveInvalid("a query point has non-finite coordinates")
         await self._ensure_client()
-        chunks = torch.split(inputs, self.spec.batch_size)
-        try:
-            async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(fn(chunk)) for chunk in chunks]
-        except BaseExceptionGroup as eg:  # first failure wins; the other requests are cancelled
-            raise eg.exceptions[0] from None
-        return [task.result() for task in tasks]
+        return await gather_in_order(fn(chunk) for chunk in torch.split(inputs, self.spec.batch_size))
 
     async def _outputs_or_invalid(self, chunk: Tensor) -> tuple[Tensor | None, bool]:
         """Outputs and "needed a retry"; ``None`` for an invalid answer when penalising."""

@@ -10,7 +10,6 @@ or too much, is a configuration error, not a flaky one).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -19,7 +18,7 @@ import orjson
 from torch import Tensor
 
 from .base import ObjectiveInvalid
-from .endpoint import EndpointObjective
+from .endpoint import EndpointObjective, gather_in_order
 
 MAX_IMAGE_BYTES = 4 * 2**20
 _SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"))
@@ -46,13 +45,8 @@ class CandidateRenderer:
         self.endpoint = EndpointObjective(spec, allow=allow, transport=transport)
 
     async def render(self, points: Tensor) -> list[Image]:
-        """One image per row of ``points``, in order."""
-        try:
-            async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(self._one(i, row)) for i, row in enumerate(points.tolist())]
-        except BaseExceptionGroup as eg:  # first failure wins; the other requests are cancelled
-            raise eg.exceptions[0] from None
-        return [task.result() for task in tasks]
+        """One image per row of ``points``, in order (the first failure cancels the other requests)."""
+        return await gather_in_order(self._one(i, row) for i, row in enumerate(points.tolist()))
 
     async def _one(self, i: int, point: list[float]) -> Image:
         data = await self.endpoint.post(orjson.dumps({"point": point}))
