@@ -78,6 +78,7 @@ class FedJob:
         self.weights = obj.weights()
         self.n = len(self.weights)
         self.problem = make_problem(obj.family, obj.n_clients, obj.dim, obj.heterogeneity, obj.problem_seed) if obj.family else None
+        self._opened: list[Any] = []  # objectives built by f_batch, closed by aclose
 
     def queue(self, i: int) -> str:
         clients = self.spec.objective.clients
@@ -97,12 +98,18 @@ class FedJob:
         spec = job_create_adapter.validate_python({**json.loads(self.hash["spec"]), "algorithm": "zo-sgd", "config": {},
                                                     "objective": self.spec.objective.clients[i].objective})
         objective = build_objective(spec.objective, self.spec.seed * 1000 + i, self.ctx.settings)
+        self._opened.append(objective)
 
         def f(points: Tensor) -> Tensor:
             ev = loop.run_until_complete(objective.evaluate(Query(points=points)))
             return ev.answer.values  # type: ignore[union-attr,return-value]
 
         return f
+
+    async def aclose(self) -> None:
+        """Close the objectives :meth:`f_batch` built (their connection pools), on the loop they ran on."""
+        while self._opened:
+            await self._opened.pop().aclose()
 
     def server(self) -> dict[str, Any]:
         raw = self.r.get(_k(self.id, "server"))
@@ -176,6 +183,7 @@ def _client_task(phase: str, job_id: str, r: int, i: int, work: Callable[[FedJob
     except Exception as exc:  # noqa: BLE001 - a failing client is reported, the round goes on
         return {"ok": False, "client": i, "error": f"{type(exc).__name__}: {exc}"[:300]}
     finally:
+        loop.run_until_complete(job.aclose())
         loop.close()
     worker = getattr(current_task.request, "hostname", None) or socket.gethostname()
     result.update(ok=True, client=i, worker=worker, seconds=time.perf_counter() - t0)

@@ -13,12 +13,13 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import quote
 
-import httpx
 import pytest
 import torch
+from fastapi import FastAPI, Request, Response
 from zoserve.models.endpoint import EndpointObjective as EndpointSpec
 from zoserve.models.endpoint import MetricObjective as MetricSpec
 
@@ -31,7 +32,7 @@ from workers.objectives.base import (
     ObjectiveRefused,
     ObjectiveTransient,
 )
-from workers.objectives.endpoint import EndpointObjective, guarded_transport
+from workers.objectives.endpoint import EndpointObjective, guarded_session
 from workers.objectives.guard import check_url, check_url_static
 from workers.objectives.metric import MetricObjective
 
@@ -52,6 +53,23 @@ def digits(n: int, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 def endpoint(server: RunningServer, path: str = "/predict", **kw: Any) -> EndpointObjective:
     fields: dict[str, Any] = {"dim": 64, "output": "cross_entropy", "targets": 3, "backoff_s": 0.01, **kw}
     return EndpointObjective(EndpointSpec(url=server.url + path, **fields), allow=ALLOW)
+
+
+@contextmanager
+def answering(respond: Callable[[Any], Response]) -> Iterator[tuple[str, list[tuple[str, Any]]]]:
+    """A real server whose every POST is answered by ``respond(json_body)``; yields its URL and the
+    (path with query, body) of each request it got."""
+    seen: list[tuple[str, Any]] = []
+    app = FastAPI()
+
+    @app.post("/{path:path}")
+    async def anything(request: Request) -> Response:
+        body = json.loads(await request.body())
+        seen.append((request.url.path + (f"?{request.url.query}" if request.url.query else ""), body))
+        return respond(body)
+
+    with serve(app) as running:
+        yield running.url, seen
 
 
 def evaluate(obj: Any, points: torch.Tensor, kind: str = "values", k: int | None = None) -> Evaluation:
@@ -166,21 +184,19 @@ def test_params_mode_sends_the_fixed_payload(server: RunningServer) -> None:
 
 @pytest.mark.parametrize("protocol", ["json", "v2"])
 def test_request_bodies_carry_every_digit_and_the_payload(protocol: str) -> None:
-    bodies: list[Any] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:  # no network at all
-        body = json.loads(request.content)
-        bodies.append(body)
+    def respond(body: Any) -> Response:
         n = len(body["inputs"]) if protocol == "json" else body["inputs"][0]["shape"][0]
         v2 = [{"name": "y", "shape": [n, 1], "datatype": "FP64", "data": [1.0] * n}]
-        return httpx.Response(200, json={"outputs": [[1.0]] * n if protocol == "json" else v2})
+        return Response(json.dumps({"outputs": [[1.0]] * n if protocol == "json" else v2}), media_type="application/json")
 
     payload = {"big": 2**70, "tag": "x"} if protocol == "json" else {"tag": "x"}  # 2**70: past orjson's integers
     fields: dict[str, Any] = {"model": "m"} if protocol == "v2" else {}
-    spec = EndpointSpec(url="http://127.0.0.1:9/p", dim=3, output="scalar", targets=None, batch_size=2,
-                        protocol=protocol, payload=payload, **fields)
     points = torch.randn(3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 1e-3 + 7.0
-    evaluate(EndpointObjective(spec, allow=ALLOW, transport=httpx.MockTransport(handler)), points)
+    with answering(respond) as (url, seen):
+        spec = EndpointSpec(url=url + "/p", dim=3, output="scalar", targets=None, batch_size=2,
+                            protocol=protocol, payload=payload, concurrency=1, **fields)
+        evaluate(EndpointObjective(spec, allow=ALLOW), points)
+    bodies = [body for _, body in seen]
     if protocol == "json":
         assert [b["inputs"] for b in bodies] == [points[:2].tolist(), points[2:].tolist()]  # exact round trip
         assert all(b["big"] == 2**70 and b["tag"] == "x" for b in bodies)
@@ -330,14 +346,19 @@ def test_loopback_server_needs_the_allow_list(server: RunningServer) -> None:
         evaluate(EndpointObjective(spec), digits(1)[0])
 
 
-def test_guarded_transport_vets_every_connect(server: RunningServer) -> None:
+def test_guarded_session_vets_every_connect_to_a_name(server: RunningServer) -> None:
+    """The session's resolver refuses a name's internal addresses at connect time (DNS rebinding after
+    ``check_url`` gets nowhere); allow-listed, the same request goes through."""
+    url = server.url.replace("127.0.0.1", "localhost") + "/predict"
+
     async def post(allow: list[str]) -> int:
-        async with httpx.AsyncClient(transport=guarded_transport(allow, 1)) as client:
-            return (await client.post(server.url + "/predict", json={"inputs": [[0.0] * 64]})).status_code
+        async with guarded_session(allow, 1) as session:
+            async with session.post(url, json={"inputs": [[0.0] * 64]}) as response:
+                return response.status
 
     with pytest.raises(ObjectiveRefused, match="loopback"):
         asyncio.run(post([]))
-    assert asyncio.run(post(ALLOW)) == 200
+    assert asyncio.run(post(["127.0.0.0/8", "::1"])) == 200
 
 
 def test_redirects_are_followed_and_rechecked(server: RunningServer) -> None:
@@ -354,17 +375,14 @@ def test_redirects_are_followed_and_rechecked(server: RunningServer) -> None:
 
 
 def test_redirect_hops_are_checked_before_any_request() -> None:
-    seen: list[str] = []
+    def respond(body: Any) -> Response:
+        return Response(status_code=307, headers={"location": "http://169.254.169.254/latest/meta-data/"})
 
-    def handler(request: httpx.Request) -> httpx.Response:  # no network at all
-        seen.append(str(request.url))
-        return httpx.Response(307, headers={"location": "http://169.254.169.254/latest/meta-data/"})
-
-    spec = EndpointSpec(url="http://127.0.0.1:9/predict", dim=1)
-    obj = EndpointObjective(spec, allow=ALLOW, transport=httpx.MockTransport(handler))
-    with pytest.raises(ObjectiveRefused, match="link-local"):
-        evaluate(obj, torch.zeros(1, 1))
-    assert seen == ["http://127.0.0.1:9/predict"]
+    with answering(respond) as (url, seen):
+        obj = EndpointObjective(EndpointSpec(url=url + "/predict", dim=1), allow=ALLOW)
+        with pytest.raises(ObjectiveRefused, match="link-local"):
+            evaluate(obj, torch.zeros(1, 1))
+    assert [path for path, _ in seen] == ["/predict"]
 
 
 def test_cross_origin_redirect_drops_credentials(server: RunningServer) -> None:

@@ -1,9 +1,13 @@
 """Endpoint objective: a model behind HTTP, called in batches, with retries and an SSRF guard.
 
 One ``evaluate`` call answers all points of a step: the inputs are split into requests of at
-most ``batch_size`` rows with up to ``concurrency`` requests in flight on one pooled
-``httpx.AsyncClient`` (HTTP/2 where the server offers it) whose every TCP connect goes through
-the SSRF guard. A request that fails with a connect error, a timeout (``timeout_s`` for the
+most ``batch_size`` rows with up to ``concurrency`` requests in flight on one aiohttp session
+(a keep-alive pool of ``concurrency`` HTTP/1.1 connections) whose every connect goes through
+the SSRF guard. Deliberate: aiohttp rather than httpx here. Its C parser spends a third of
+httpx's CPU per request (``bench/endpoint_throughput.py``), and on a busy worker that CPU is
+the step rate; the SDK stays on httpx.
+
+A request that fails with a connect error, a timeout (``timeout_s`` for the
 whole attempt), 408, 429 or 5xx is retried (tenacity) with exponential backoff and jitter, or
 after ``Retry-After`` when the server sends one. Redirects are followed by hand (at most 3),
 each hop re-checked by the guard before it is requested; spec headers are dropped when a
@@ -28,7 +32,6 @@ import asyncio
 import email.utils
 import functools
 import json
-import logging
 import math
 import random
 import ssl
@@ -36,12 +39,13 @@ import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any, TypeVar
 
-import httpcore
-import httpx
+import aiohttp
+import certifi
 import orjson
 import torch
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 from torch import Tensor
+from yarl import URL
 from zoserve.models.endpoint import EndpointObjective as EndpointSpec
 
 from workers.algorithms.base import Answer, Query
@@ -52,7 +56,7 @@ from workers.objectives.base import (
     ObjectiveRefused,
     ObjectiveTransient,
 )
-from workers.objectives.guard import GuardedBackend, check_url
+from workers.objectives.guard import GuardedResolver, check_url
 
 MAX_REDIRECTS = 3
 MAX_RETRY_AFTER_S = 60.0
@@ -60,10 +64,8 @@ MAX_RESPONSE_BYTES = 64 * 2**20
 EXCERPT_CHARS = 200
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _T = TypeVar("_T")
-
-# httpx logs every request at INFO with its full URL, and workers run at INFO: a log line per
-# request (256 a step at batch size 1), and the query string may hold a credential.
-logging.getLogger("httpx").setLevel(logging.WARNING)
+# A failed attempt that may succeed if repeated: connection trouble, a reset, a truncated answer, a timeout.
+_TRANSPORT_ERRORS = (aiohttp.ClientError, OSError)
 
 
 class _Retryable(Exception):
@@ -150,28 +152,20 @@ def loss_of_outputs(outputs: Tensor, spec: EndpointSpec) -> Tensor:
 
 @functools.cache
 def _ssl_context() -> ssl.SSLContext:
-    """One TLS context per process: loading the CA bundle takes ~80 ms, and a segment builds a new
-    transport each time. Sharing is safe: every guarded pool sets the same ALPN (http/1.1, h2)."""
-    return httpx.create_ssl_context()
+    """One TLS context per process (certifi's CA bundle, as httpx uses): loading it takes ~80 ms,
+    and a segment opens a new session each time."""
+    return ssl.create_default_context(cafile=certifi.where())
 
 
-def guarded_transport(allow: Sequence[str], max_connections: int) -> httpx.AsyncHTTPTransport:
-    """An HTTP/2-capable transport whose every TCP connect goes through :class:`GuardedBackend`."""
-    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-    transport = httpx.AsyncHTTPTransport(verify=_ssl_context(), http2=True, limits=limits, trust_env=False)
-    # Deliberate: httpx exposes no network-backend option, so swap its httpcore pool for one
-    # with the guarded backend (tests/contract/test_objectives.py pins that this works).
-    assert isinstance(transport._pool, httpcore.AsyncConnectionPool)
-    transport._pool = httpcore.AsyncConnectionPool(
-        ssl_context=_ssl_context(),
-        max_connections=limits.max_connections,
-        max_keepalive_connections=limits.max_keepalive_connections,
-        keepalive_expiry=5.0,
-        http1=True,
-        http2=True,
-        network_backend=GuardedBackend(allow),
-    )
-    return transport
+def guarded_session(allow: Sequence[str], max_connections: int) -> aiohttp.ClientSession:
+    """A session whose every connect goes through :class:`GuardedResolver`; at most ``max_connections``
+    connections, kept alive 5 s. No proxies from the environment, no cookies, no automatic redirects
+    (:meth:`EndpointObjective._post` follows them after checking each hop), no timeout of its own
+    (each attempt runs under ``asyncio.timeout``). Call it inside the event loop that will use it."""
+    connector = aiohttp.TCPConnector(limit=max_connections, resolver=GuardedResolver(allow), ssl=_ssl_context(),
+                                     keepalive_timeout=5.0)
+    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None), trust_env=False,
+                                 cookie_jar=aiohttp.DummyCookieJar())
 
 
 async def gather_in_order(calls: Iterable[Coroutine[Any, Any, _T]]) -> list[_T]:
@@ -194,10 +188,9 @@ def _loads(data: bytes) -> Any:
         return json.loads(data)
 
 
-def _public_url(url: httpx.URL | str) -> str:
+def _public_url(url: URL | str) -> str:
     """The URL without credentials or query string (those may carry secrets)."""
-    u = httpx.URL(str(url))
-    return str(u.copy_with(userinfo=b"", query=None, fragment=None))
+    return str(URL(str(url)).with_user(None).with_query(None).with_fragment(None))
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -220,12 +213,9 @@ class EndpointObjective:
     Args:
         spec: the validated endpoint spec.
         allow: operator allow-list for the SSRF guard (host names, IPs, CIDRs).
-        transport: replaces the guarded transport (tests, benchmarks); the URL is still checked.
     """
 
-    def __init__(
-        self, spec: EndpointSpec, *, allow: Sequence[str] = (), transport: httpx.AsyncBaseTransport | None = None
-    ):
+    def __init__(self, spec: EndpointSpec, *, allow: Sequence[str] = ()):
         self.spec = spec
         self.allow = tuple(allow)
         self.dim: int = spec.dim if spec.dim is not None else len(spec.base or ())
@@ -234,10 +224,9 @@ class EndpointObjective:
             version = f"/versions/{spec.model_version}" if spec.model_version else ""
             self.url = f"{self.url.rstrip('/')}/v2/models/{spec.model}{version}/infer"
         self._where = f"endpoint {_public_url(self.url)}"  # for messages: no query string or credentials
-        self._url = httpx.URL(self.url)  # parsed once: every request starts here
+        self._url = URL(self.url, encoded=True)  # parsed once (pydantic has normalised it): every request starts here
         self._base = torch.tensor(spec.base, dtype=torch.float64) if spec.base is not None else None
-        self._transport = transport
-        self._http: httpx.AsyncClient | None = None
+        self._http: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._slots = asyncio.Semaphore(spec.concurrency)
         self._checked = False
@@ -307,7 +296,7 @@ class EndpointObjective:
     async def aclose(self) -> None:
         """Close the connection pool."""
         if self._http is not None:
-            await self._http.aclose()
+            await self._http.close()
         self._http = None
 
     async def _gather(self, inputs: Tensor, fn: Callable[[Tensor], Coroutine[Any, Any, _T]]) -> list[_T]:
@@ -391,10 +380,7 @@ class EndpointObjective:
         if not self._checked:
             await check_url(self.url, self.allow)
             self._checked = True
-        transport = self._transport or guarded_transport(self.allow, self.spec.concurrency)
-        self._http = httpx.AsyncClient(
-            transport=transport, timeout=self.spec.timeout_s, follow_redirects=False, trust_env=False
-        )
+        self._http = guarded_session(self.allow, self.spec.concurrency)
 
     async def _call_with_retries(self, body: bytes) -> tuple[bytes, int]:
         """POST ``body`` with retries; returns the response bytes and the attempts used.
@@ -404,14 +390,14 @@ class EndpointObjective:
         """
         try:
             return await self._post(body), 1
-        except (httpx.TransportError, _Retryable) as exc:
+        except (*_TRANSPORT_ERRORS, _Retryable) as exc:
             if self.spec.retries == 0:
                 raise self._failure(exc, 1) from None
             await asyncio.sleep(self._delay(exc, 1))
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.spec.retries),
             wait=lambda rs: self._delay(rs.outcome.exception() if rs.outcome else None, rs.attempt_number + 1),
-            retry=retry_if_exception_type((httpx.TransportError, _Retryable)),
+            retry=retry_if_exception_type((*_TRANSPORT_ERRORS, _Retryable)),
             reraise=True,
         )
         attempts = 1
@@ -420,7 +406,7 @@ class EndpointObjective:
                 with attempt:
                     attempts = attempt.retry_state.attempt_number + 1
                     return await self._post(body), attempts
-        except (httpx.TransportError, _Retryable) as exc:
+        except (*_TRANSPORT_ERRORS, _Retryable) as exc:
             raise self._failure(exc, attempts) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -431,7 +417,7 @@ class EndpointObjective:
             return ObjectiveError(
                 f"{where} answered {exc.status} after {attempts} attempts: {exc.body}", status=exc.status, body=exc.body
             )
-        if isinstance(exc, (_Retryable, httpx.TimeoutException)):
+        if isinstance(exc, (_Retryable, TimeoutError)):
             return ObjectiveError(f"{where} timed out after {self.spec.timeout_s:g}s ({attempts} attempts)")
         return ObjectiveError(f"{where} unreachable after {attempts} attempts: {type(exc).__name__}")
 
@@ -451,19 +437,19 @@ class EndpointObjective:
         try:
             async with asyncio.timeout(self.spec.timeout_s):
                 for _ in range(MAX_REDIRECTS + 1):
-                    request = self._http.build_request(
-                        "POST", url, content=body, headers={**headers, "content-type": "application/json"}
-                    )
-                    response = await self._http.send(request, stream=True)
-                    try:
+                    async with self._http.post(url, data=body, allow_redirects=False,
+                                               headers={**headers, "Content-Type": "application/json"}) as response:
                         data = await self._read(response)
-                    finally:
-                        await response.aclose()
-                    if response.status_code not in _REDIRECTS or "location" not in response.headers:
-                        return self._check_status(response, data)
-                    target = url.join(response.headers["location"])
+                        status, location = response.status, response.headers.get("Location")
+                        retry_after = response.headers.get("Retry-After")
+                    if status not in _REDIRECTS or location is None:
+                        return self._check_status(status, retry_after, data)
+                    try:
+                        target = url.join(URL(location))
+                    except ValueError:
+                        raise ObjectiveError(f"{self._where} redirected to an invalid URL") from None
                     await check_url(str(target), self.allow)
-                    if target.scheme != url.scheme or target.host != url.host or target.port != url.port:
+                    if target.origin() != url.origin():
                         headers = {}  # never send credentials to another origin
                     # Deliberate: keep POST and the body on 301/302/303 too (curl --post30x):
                     # an inference call has no GET form.
@@ -472,22 +458,21 @@ class EndpointObjective:
             raise _Retryable(None, "") from None
         raise ObjectiveError(f"{self._where} redirected more than {MAX_REDIRECTS} times")
 
-    async def _read(self, response: httpx.Response) -> bytes:
+    async def _read(self, response: aiohttp.ClientResponse) -> bytes:
         parts, size = [], 0
-        async for part in response.aiter_bytes():
+        async for part in response.content.iter_chunked(2**16):
             size += len(part)
             if size > MAX_RESPONSE_BYTES:
                 raise ObjectiveInvalid(f"{self._where} answered more than {MAX_RESPONSE_BYTES} bytes")
             parts.append(part)
         return b"".join(parts)
 
-    def _check_status(self, response: httpx.Response, data: bytes) -> bytes:
-        status = response.status_code
+    def _check_status(self, status: int, retry_after_header: str | None, data: bytes) -> bytes:
         if status < 300:
             return data
         excerpt = data[:EXCERPT_CHARS].decode("utf-8", "replace")
         if status in (408, 429) or status >= 500:
-            retry_after = _retry_after(response.headers.get("retry-after"))
+            retry_after = _retry_after(retry_after_header)
             if retry_after is not None and retry_after > MAX_RETRY_AFTER_S:
                 message = f"{self._where} asked to retry after {retry_after:.0f}s"
                 raise ObjectiveTransient(message, status=status, body=excerpt)

@@ -16,9 +16,12 @@ Three layers:
   form (``127.1``, ``0x7f000001``) and well-known internal names. The logic is stdlib-only and
   lives in ``zoserve.models.endpoint`` so the API can run it without importing the workers.
 * ``check_url`` — the worker's check at call time: resolves *all* addresses of the host.
-* ``GuardedBackend`` — an httpcore network backend that vets the addresses at connect time and
-  connects to the vetted address itself, so DNS rebinding between check and connect cannot
-  slip through. The endpoint client also re-checks every redirect hop with ``check_url``.
+* ``GuardedResolver`` — the resolver of the endpoint client's aiohttp connector: it vets every
+  address of a host name at connect time and hands the connector only vetted addresses, which
+  it then connects to, so DNS rebinding between check and connect cannot slip through. aiohttp
+  connects to IP literals without asking a resolver (and refuses legacy forms such as
+  ``127.1``), so the endpoint client checks every URL it requests with ``check_url`` first: the
+  job's URL once, then every redirect hop.
 
 Everything refused raises :class:`ObjectiveRefused`.
 """
@@ -28,15 +31,14 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
-import httpcore
+from aiohttp.abc import AbstractResolver, ResolveResult
 from zoserve.models import endpoint as rules
 
 from workers.objectives.base import ObjectiveRefused
 
-__all__ = ["GuardedBackend", "check_url", "check_url_static", "refusal_reason", "resolve_host"]
+__all__ = ["GuardedResolver", "check_url", "check_url_static", "refusal_reason", "resolve_host"]
 
 refusal_reason = rules.refusal_reason
 
@@ -94,39 +96,21 @@ async def check_url(url: str, allow: Sequence[str] = ()) -> None:
     await resolve_host(host, port, allow)
 
 
-class GuardedBackend(httpcore.AsyncNetworkBackend):
-    """httpcore backend that vets every TCP connect and connects to the vetted address.
+class GuardedResolver(AbstractResolver):
+    """aiohttp resolver that answers with vetted addresses only (see the module docstring).
 
-    TLS still verifies the certificate against the original host name: httpcore passes the
-    origin host as ``server_hostname`` to ``start_tls``, not the address we connect to.
+    TLS still verifies the certificate against the original host name: aiohttp passes the URL's
+    host as ``server_hostname``, not the address it connects to.
     """
 
-    def __init__(self, allow: Sequence[str] = (), inner: httpcore.AsyncNetworkBackend | None = None):
+    def __init__(self, allow: Sequence[str] = ()):
         self._allow = tuple(allow)
-        self._inner = inner or httpcore.AnyIOBackend()
 
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
         addrs = await resolve_host(host, port, self._allow)
-        error: Exception | None = None
-        for addr in addrs:  # first vetted address that accepts the connection
-            try:
-                return await self._inner.connect_tcp(str(addr), port, timeout, local_address, socket_options)
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                error = exc
-        assert error is not None
-        raise error
+        flags = socket.AI_NUMERICHOST | socket.AI_NUMERICSERV
+        return [ResolveResult(hostname=host, host=str(addr), port=port, proto=0, flags=flags,
+                              family=socket.AF_INET6 if addr.version == 6 else socket.AF_INET) for addr in addrs]
 
-    async def connect_unix_socket(
-        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
-    ) -> httpcore.AsyncNetworkStream:
-        raise ObjectiveRefused("unix sockets are not allowed for endpoint objectives")
-
-    async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
+    async def close(self) -> None:
+        return None

@@ -25,7 +25,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import numpy as np
 import torch
 from torch import Tensor
@@ -206,7 +205,7 @@ class MetricObjective:
     Args:
         spec: the validated metric spec.
         dataset_path: the ``.npz`` file behind ``spec.dataset_id`` (resolved by the service).
-        allow, transport: passed to the endpoint adapter (``model="endpoint"``).
+        allow: the SSRF allow-list, passed to the endpoint adapter (``model="endpoint"``).
     """
 
     def __init__(
@@ -215,7 +214,6 @@ class MetricObjective:
         *,
         dataset_path: str | None = None,
         allow: Sequence[str] = (),
-        transport: httpx.AsyncBaseTransport | None = None,
     ):
         self.spec = spec
         self.split = load_split(spec.dataset, dataset_path, spec.split_seed, spec.test_fraction, spec.standardize)
@@ -232,7 +230,7 @@ class MetricObjective:
         self._outputs: dict[str, Tensor] = {}
         if spec.model == "endpoint":
             assert spec.endpoint is not None
-            self.endpoint = EndpointObjective(spec.endpoint, allow=allow, transport=transport)
+            self.endpoint = EndpointObjective(spec.endpoint, allow=allow)
             if self.endpoint.dim != n_features:
                 raise ObjectiveRefused(f"endpoint dim={self.endpoint.dim} but the dataset has {n_features} features")
             self.shapes: list[tuple[int, int]] = []

@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import httpx
 import orjson
 from torch import Tensor
 
@@ -37,12 +36,12 @@ class CandidateRenderer:
     """Draws candidate points through ``url`` (``headers`` as for endpoint objectives)."""
 
     def __init__(self, url: str, headers: Mapping[str, Any], dim: int, *, allow: Sequence[str] = (),
-                 concurrency: int = 4, transport: httpx.AsyncBaseTransport | None = None):
+                 concurrency: int = 4):
         from zoserve.models.endpoint import EndpointObjective as EndpointSpec
 
         spec = EndpointSpec(kind="endpoint", url=url, headers=dict(headers), dim=dim, output="scalar",
                             concurrency=concurrency)
-        self.endpoint = EndpointObjective(spec, allow=allow, transport=transport)
+        self.endpoint = EndpointObjective(spec, allow=allow)
 
     async def render(self, points: Tensor) -> list[Image]:
         """One image per row of ``points``, in order (the first failure cancels the other requests)."""
