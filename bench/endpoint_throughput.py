@@ -6,9 +6,10 @@ forward RGE perturbs them (x + μu, so 17-digit floats), to ``POST /predict`` in
 
 * direct: ``orjson.dumps`` of the numpy rows + ``client.post`` + ``orjson.loads`` of the answer
   per request, ``gather`` (the quick way a careful caller would write it);
-* adapter: ``EndpointObjective.evaluate(Query(points))`` as a job's worker calls it (SSRF guard,
-  retries, redirects by hand, shape checks, margin loss); steps alternate with direct ones and
-  queries/s come from median step times;
+* adapter: ``EndpointObjective.evaluate(Query(points))`` as a job's worker calls it (aiohttp with
+  the SSRF guard, retries, redirects by hand, shape checks, margin loss); steps alternate with
+  direct ones and queries/s come from median step times; the client's CPU per query of both sides
+  is printed beside them (the server runs in another process, so this is all the caller's);
 * job: a real ZO-SGD job (API + Celery worker + Redis, q − 1 directions, so q points a step).
   Rounds alternate job, direct, direct, job, ... (order swapped each round); each round runs
   ``--round-seconds`` of steps. The direct rounds run in a child process in a session of its
@@ -107,16 +108,19 @@ def direct_client(concurrency: int) -> httpx.AsyncClient:
     return httpx.AsyncClient(limits=limits, timeout=30.0, trust_env=False)
 
 
-async def measure(url: str, batch: int, q: int, concurrency: int, steps: int) -> tuple[float, float]:
-    """Queries/s from the median step time of each side: (direct, adapter).
+async def measure(url: str, batch: int, q: int, concurrency: int, steps: int) -> tuple[float, float, float, float]:
+    """(direct q/s, adapter q/s, direct client CPU µs/query, adapter client CPU µs/query).
 
-    Steps alternate direct/adapter (order swapped every pair) so that load from other
-    processes on this shared machine hits both sides alike; medians drop the spikes.
+    Rates come from the median step time of each side, CPU from this thread's CPU time per step
+    (both sides run on this one event loop; the server is another process). Steps alternate
+    direct/adapter (order swapped every pair) so that load from other processes on this shared
+    machine hits both sides alike; medians drop the spikes.
     """
     points = step_points(q)
     spec = EndpointSpec(url=url + "/predict", dim=64, batch_size=batch, concurrency=concurrency, output="margin", targets=0)
     adapter = EndpointObjective(spec, allow=["127.0.0.1"])
     times: dict[str, list[float]] = {"direct": [], "adapter": []}
+    cpu: dict[str, list[float]] = {"direct": [], "adapter": []}
     async with direct_client(concurrency) as client:
         slots = asyncio.Semaphore(concurrency)
 
@@ -130,11 +134,14 @@ async def measure(url: str, batch: int, q: int, concurrency: int, steps: int) ->
         await ours()
         for i in range(steps):
             for name, step in sorted({"direct": direct, "adapter": ours}.items(), reverse=i % 2 == 1):
-                start = time.perf_counter()
+                start, cpu0 = time.perf_counter(), time.thread_time()
                 await step()
                 times[name].append(time.perf_counter() - start)
+                cpu[name].append(time.thread_time() - cpu0)
     await adapter.aclose()
-    return q / statistics.median(times["direct"]), q / statistics.median(times["adapter"])
+    rate = {k: q / statistics.median(v) for k, v in times.items()}
+    us = {k: statistics.median(v) / q * 1e6 for k, v in cpu.items()}
+    return rate["direct"], rate["adapter"], us["direct"], us["adapter"]
 
 
 async def direct_round(url: str, batch: int, q: int, concurrency: int, steps: int) -> float:
@@ -261,15 +268,17 @@ def main() -> None:
     torch.set_num_threads(1)
     by_batch: dict[str, float] = {}
     direct_qps: dict[int, float] = {}
+    client_us: dict[str, dict[str, float]] = {}
     print(f"q={args.q} points/step, concurrency={args.concurrency}, server in a {args.server}")
-    print(f"{'batch':>6} {'direct q/s':>12} {'adapter q/s':>12} {'ratio':>7}")
+    print(f"{'batch':>6} {'direct q/s':>12} {'adapter q/s':>12} {'ratio':>7}   client CPU µs/query: direct  adapter")
     with model_server(args.server) as url:
         for batch in args.batches:
             steps = max(2, args.steps // 4) if batch == 1 else args.steps
-            direct, ours = asyncio.run(measure(url, batch, args.q, args.concurrency, steps))
+            direct, ours, direct_us, ours_us = asyncio.run(measure(url, batch, args.q, args.concurrency, steps))
             direct_qps[batch] = direct
             by_batch[str(batch)] = round(ours / direct, 3)
-            print(f"{batch:>6} {direct:>12.0f} {ours:>12.0f} {ours / direct:>7.3f}")
+            client_us[str(batch)] = {"direct": round(direct_us, 1), "adapter": round(ours_us, 1)}
+            print(f"{batch:>6} {direct:>12.0f} {ours:>12.0f} {ours / direct:>7.3f}   {direct_us:>26.1f} {ours_us:>8.1f}")
         service: dict[str, float] = {}
         if not args.no_service:
             # steps per round: about --round-seconds at the direct rate measured above (at least 3)
@@ -286,7 +295,8 @@ def main() -> None:
                       "target": 0.9,
                       "ratio_of": ("job via service ÷ direct loop, worst batch size (median of alternating rounds, "
                                    "job rate from progress events)" if service else "adapter ÷ direct, worst batch size"),
-                      "by_batch_service": service, "by_batch_adapter": by_batch}))
+                      "by_batch_service": service, "by_batch_adapter": by_batch,
+                      "client_cpu_us_per_query": client_us}))
 
 
 if __name__ == "__main__":

