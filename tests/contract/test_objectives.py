@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -32,7 +33,7 @@ from workers.objectives.base import (
     ObjectiveRefused,
     ObjectiveTransient,
 )
-from workers.objectives.endpoint import EndpointObjective, guarded_session
+from workers.objectives.endpoint import EndpointObjective, guarded_session, ssl_context
 from workers.objectives.guard import check_url, check_url_static
 from workers.objectives.metric import MetricObjective
 
@@ -383,6 +384,41 @@ def test_redirect_hops_are_checked_before_any_request() -> None:
         with pytest.raises(ObjectiveRefused, match="link-local"):
             evaluate(obj, torch.zeros(1, 1))
     assert [path for path, _ in seen] == ["/predict"]
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1 (openssl CLI) and its key."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command")
+    d = tmp_path_factory.mktemp("tls")
+    cert, key = str(d / "cert.pem"), str(d / "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", key, "-out", cert],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+def test_https_endpoints_are_verified_and_an_untrusted_certificate_fails_at_once(
+    tls_files: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An endpoint whose certificate no trusted CA signed fails without retries, saying why; trusted
+    through ``SSL_CERT_FILE`` (an internal CA, as httpx reads it), the same endpoint answers."""
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    ssl_context.cache_clear()
+    with serve(tls=tls_files) as running:
+        obj = endpoint(running, retries=3, backoff_s=5.0)  # a retry would take seconds
+        t0 = time.monotonic()
+        with pytest.raises(ObjectiveError, match="TLS certificate not trusted"):
+            evaluate(obj, digits(1)[0])
+        assert time.monotonic() - t0 < 2.0
+        monkeypatch.setenv("SSL_CERT_FILE", tls_files[0])
+        ssl_context.cache_clear()
+        try:
+            assert evaluate(endpoint(running), digits(2)[0]).queries == 2
+        finally:
+            ssl_context.cache_clear()
 
 
 def test_cross_origin_redirect_drops_credentials(server: RunningServer) -> None:

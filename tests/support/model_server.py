@@ -224,8 +224,9 @@ class RunningServer:
 
 
 @contextmanager
-def serve(app: FastAPI | None = None, timeout_s: float = 10.0) -> Iterator[RunningServer]:
-    """Run ``app`` (default :func:`create_app`) with uvicorn on 127.0.0.1, a free port, in a thread."""
+def serve(app: FastAPI | None = None, timeout_s: float = 10.0, tls: tuple[str, str] | None = None) -> Iterator[RunningServer]:
+    """Run ``app`` (default :func:`create_app`) with uvicorn on 127.0.0.1, a free port, in a thread;
+    over HTTPS with ``tls = (certfile, keyfile)``."""
     import uvicorn
 
     app = app or create_app()
@@ -237,7 +238,8 @@ def serve(app: FastAPI | None = None, timeout_s: float = 10.0) -> Iterator[Runni
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     config = uvicorn.Config(
-        app, log_level="warning", lifespan="off", ws="none", http="h11", loop="asyncio", timeout_graceful_shutdown=1
+        app, log_level="warning", lifespan="off", ws="none", http="h11", loop="asyncio", timeout_graceful_shutdown=1,
+        ssl_certfile=tls[0] if tls else None, ssl_keyfile=tls[1] if tls else None,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -248,7 +250,7 @@ def serve(app: FastAPI | None = None, timeout_s: float = 10.0) -> Iterator[Runni
             raise RuntimeError("model server did not start")
         time.sleep(0.01)
     try:
-        yield RunningServer(url=f"http://127.0.0.1:{port}", app=app)
+        yield RunningServer(url=f"{'https' if tls else 'http'}://127.0.0.1:{port}", app=app)
     finally:
         server.should_exit = True
         thread.join(timeout_s)

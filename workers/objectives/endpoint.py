@@ -40,7 +40,7 @@ from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any, TypeVar
 
 import aiohttp
-import certifi
+import httpx
 import numpy as np
 import orjson
 import torch
@@ -157,10 +157,11 @@ def loss_of_outputs(outputs: Tensor, spec: EndpointSpec) -> Tensor:
 
 
 @functools.cache
-def _ssl_context() -> ssl.SSLContext:
-    """One TLS context per process (certifi's CA bundle, as httpx uses): loading it takes ~80 ms,
-    and a segment opens a new session each time."""
-    return ssl.create_default_context(cafile=certifi.where())
+def ssl_context() -> ssl.SSLContext:
+    """One TLS context per process: ``SSL_CERT_FILE`` or ``SSL_CERT_DIR`` when set (an internal CA),
+    else certifi's bundle (httpx's rules, so the SDK and the worker trust the same CAs). Loading it
+    takes ~80 ms, and a segment opens a new session each time."""
+    return httpx.create_ssl_context()
 
 
 def guarded_session(allow: Sequence[str], max_connections: int) -> aiohttp.ClientSession:
@@ -168,7 +169,7 @@ def guarded_session(allow: Sequence[str], max_connections: int) -> aiohttp.Clien
     connections, kept alive 5 s. No proxies from the environment, no cookies, no automatic redirects
     (:meth:`EndpointObjective._post` follows them after checking each hop), no timeout of its own
     (each attempt runs under ``asyncio.timeout``). Call it inside the event loop that will use it."""
-    connector = aiohttp.TCPConnector(limit=max_connections, resolver=GuardedResolver(allow), ssl=_ssl_context(),
+    connector = aiohttp.TCPConnector(limit=max_connections, resolver=GuardedResolver(allow), ssl=ssl_context(),
                                      keepalive_timeout=5.0)
     return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None), trust_env=False,
                                  cookie_jar=aiohttp.DummyCookieJar())
@@ -462,6 +463,8 @@ class EndpointObjective:
                     url = target
         except TimeoutError:
             raise _Retryable(None, "") from None
+        except aiohttp.ClientConnectorCertificateError as exc:  # no retry heals it
+            raise ObjectiveError(f"{self._where}: TLS certificate not trusted ({exc.certificate_error})") from None
         raise ObjectiveError(f"{self._where} redirected more than {MAX_REDIRECTS} times")
 
     async def _read(self, response: aiohttp.ClientResponse) -> bytes:
