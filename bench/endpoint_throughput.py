@@ -41,11 +41,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "client")]
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "client"),
+               str(Path(__file__).resolve().parent)]
 
 import httpx  # noqa: E402
 import orjson  # noqa: E402
 import torch  # noqa: E402
+from _stats import median_ci  # noqa: E402
 from zoserve.models.endpoint import EndpointObjective as EndpointSpec  # noqa: E402
 
 from tests.support.model_server import digits_data, serve  # noqa: E402
@@ -247,9 +249,10 @@ def via_service(url: str, q: int, concurrency: int, batches: dict[int, int], rou
                 jobs.append(job_qps)
                 posts.append(post_qps)
                 directs.append(direct)
+            lo, hi, coverage = median_ci(ratios)
             out[batch] = {"direct": statistics.median(directs), "job": statistics.median(jobs),
                           "post": statistics.median(posts), "ratio": statistics.median(ratios),
-                          "min": min(ratios), "max": max(ratios), "steps": steps}
+                          "min": min(ratios), "max": max(ratios), "steps": steps, "ci": (lo, hi), "coverage": coverage}
     return out
 
 
@@ -280,22 +283,26 @@ def main() -> None:
             client_us[str(batch)] = {"direct": round(direct_us, 1), "adapter": round(ours_us, 1)}
             print(f"{batch:>6} {direct:>12.0f} {ours:>12.0f} {ours / direct:>7.3f}   {direct_us:>26.1f} {ours_us:>8.1f}")
         service: dict[str, float] = {}
+        intervals: dict[str, list[float]] = {}
         if not args.no_service:
             # steps per round: about --round-seconds at the direct rate measured above (at least 3)
             plan = {b: max(3, round(args.round_seconds * qps / args.q)) for b, qps in direct_qps.items()}
             res = via_service(url, args.q, args.concurrency, plan, args.rounds)
             print(f"a real job (API + Celery + Redis): median of {args.rounds} alternating rounds; job q/s from its "
                   "progress events (first -> last step), created -> result beside it")
-            print(f"{'batch':>6} {'steps':>6} {'direct q/s':>12} {'job q/s':>9} {'create->end':>11} {'ratio':>7} {'range':>13}")
+            print(f"{'batch':>6} {'steps':>6} {'direct q/s':>12} {'job q/s':>9} {'create->end':>11} {'ratio':>7} "
+                  f"{'interval of the median (order statistics)':>43}")
             for batch, m in res.items():
                 service[str(batch)] = round(m["ratio"], 3)
+                (lo, hi), coverage = m["ci"], m["coverage"]
+                intervals[str(batch)] = [round(lo, 3), round(hi, 3), round(coverage, 3)]
                 print(f"{batch:>6} {m['steps']:>6.0f} {m['direct']:>12.0f} {m['job']:>9.0f} {m['post']:>11.0f} "
-                      f"{m['ratio']:>7.3f} {m['min']:>6.3f}-{m['max']:.3f}")
+                      f"{m['ratio']:>7.3f} {lo:>23.3f}-{hi:.3f} at {coverage:.0%}")
     print(json.dumps({"bench": "endpoint_throughput", "ratio": min((service or by_batch).values()),
                       "target": 0.9,
                       "ratio_of": ("job via service ÷ direct loop, worst batch size (median of alternating rounds, "
                                    "job rate from progress events)" if service else "adapter ÷ direct, worst batch size"),
-                      "by_batch_service": service, "by_batch_adapter": by_batch,
+                      "by_batch_service": service, "ci_by_batch_service": intervals, "by_batch_adapter": by_batch,
                       "client_cpu_us_per_query": client_us}))
 
 

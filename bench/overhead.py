@@ -13,7 +13,7 @@ last step), and a control that bounds what any service can reach on this machine
 in-process loop while the other core runs a memory-bound loop, standing in for the API, Redis and
 the event writer that share the machine with the worker during a job.
 
-    python bench/overhead.py [--steps 5000] [--rounds 7] [--no-control]
+    python bench/overhead.py [--steps 5000] [--rounds 11] [--no-control]
 """
 
 from __future__ import annotations
@@ -33,12 +33,13 @@ from statistics import median
 from typing import TYPE_CHECKING, Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "client")]
+sys.path[:0] = [str(ROOT), str(ROOT / "client"), str(ROOT / "bench")]
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import psutil  # noqa: E402
 import torch  # noqa: E402
 
+from _stats import median_ci  # noqa: E402
 from workers.algorithms.base import Answer  # noqa: E402
 from workers.algorithms.registry import build_algorithm  # noqa: E402
 from workers.objectives.builtin import BuiltinObjective  # noqa: E402
@@ -143,7 +144,7 @@ def via_service_streaming(client: "zoserve.Client", steps: int) -> float:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, default=5000, help="steps per job (and per in-process run)")
-    p.add_argument("--rounds", type=int, default=7, help="alternating rounds; the medians count")
+    p.add_argument("--rounds", type=int, default=11, help="alternating rounds; the medians count")
     p.add_argument("--segment-seconds", type=float, default=2.0)
     p.add_argument("--no-control", action="store_true", help="skip the in-process run beside a busy core")
     args = p.parse_args()
@@ -180,12 +181,16 @@ def main() -> None:
         print(f"  {name:<48} {median(vs):10.1f} steps/s  {median(r) if r else 1.0:6.3f}×{spread}")
     print(f"  {'service: POST → last SSE event (client streams)':<48} {streamed:10.1f} steps/s  "
           f"{streamed / base:6.3f}×  (one run)")
+    lo, hi, coverage = median_ci(ratios["service"])
+    print(f"  headline (POST → wait()) ratio {median(ratios['service']):.3f}, {coverage:.0%} interval of its median "
+          f"{lo:.3f}–{hi:.3f} (order statistics of the {len(ratios['service'])} rounds)")
     bare_us, worker_us = median(cpu["bare"]) * 1e6, median(cpu["worker"]) * 1e6
     cpu_rounds = [b / w for b, w in zip(cpu["bare"], cpu["worker"])]
     print(f"  CPU per step: bare loop {bare_us:.0f} µs, worker process (all threads) {worker_us:.0f} µs → "
           f"{bare_us / worker_us:.3f}×  (rounds {min(cpu_rounds):.3f}–{max(cpu_rounds):.3f})")
     print(json.dumps({"bench": "overhead", "ratio": round(median(ratios["service"]), 4), "target": 0.9,
                       "rounds": [round(r, 4) for r in ratios["service"]],
+                      "ratio_ci": [round(lo, 4), round(hi, 4)], "ratio_ci_coverage": round(coverage, 4),
                       "runner_ratio": round(median(ratios["runner"]), 4),
                       "steady_ratio": round(median(ratios["steady"]), 4),
                       "control_ratio": round(median(ratios["control"]), 4) if ratios["control"] else None,
