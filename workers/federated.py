@@ -26,7 +26,7 @@ import json
 import math
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -139,9 +139,15 @@ def start(lease: Lease) -> str:
 
 
 def launch_round(job: FedJob, r: int) -> None:
-    header = [client_local.si(job.id, r, i).set(queue=job.queue(i), task_id=fed_task_id(job.id, f"local{r}.{i}"))
-              for i in range(job.n)]
-    chord(header)(server_mid.s(job.id, r).set(queue=job.spec.queue or "cpu", task_id=fed_task_id(job.id, f"mid{r}")))
+    _phase(job, r, client_local, range(job.n), server_mid)
+
+
+def _phase(job: FedJob, r: int, client_task: Any, clients: Iterable[int], barrier: Any) -> None:
+    """One chord of round ``r``: ``client_task`` on each client's queue, then ``barrier`` on the job's. Every
+    task id starts with the job id (:func:`~service.queue.fed_task_id`), so the reaper finds them."""
+    header = [client_task.si(job.id, r, i).set(queue=job.queue(i), task_id=fed_task_id(job.id, f"{client_task.name}.{r}.{i}"))
+              for i in clients]
+    chord(header)(barrier.s(job.id, r).set(queue=job.spec.queue or "cpu", task_id=fed_task_id(job.id, f"{barrier.name}.{r}")))
 
 
 @app.task(name=FED_RELAUNCH, acks_late=True, reject_on_worker_lost=True)
@@ -281,9 +287,7 @@ def server_mid(results: list[dict[str, Any]], job_id: str, r: int) -> str:
     rho = fz.server_radii(x_bar, xs)
     mid = {"x": x_bar.tolist(), "rho": {str(res["client"]): p for res, p in zip(ok, rho)}, "local": ok}
     job.r.set(_k(job.id, f"mid:{r}"), json.dumps(mid), nx=True)
-    header = [client_check.si(job_id, r, i).set(queue=job.queue(i), task_id=fed_task_id(job_id, f"check{r}.{i}"))
-              for i in (res["client"] for res in ok)]
-    chord(header)(server_end.s(job_id, r).set(queue=job.spec.queue or "cpu", task_id=fed_task_id(job_id, f"end{r}")))
+    _phase(job, r, client_check, (res["client"] for res in ok), server_end)
     return "mid"
 
 

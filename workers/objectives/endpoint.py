@@ -232,6 +232,7 @@ class EndpointObjective:
             self.url = f"{self.url.rstrip('/')}/v2/models/{spec.model}{version}/infer"
         self._where = f"endpoint {_public_url(self.url)}"  # for messages: no query string or credentials
         self._url = URL(self.url, encoded=True)  # parsed once (pydantic has normalised it): every request starts here
+        self._headers = {**spec.header_values(), "Content-Type": "application/json"}  # secrets unwrapped once
         self._base = torch.tensor(spec.base, dtype=torch.float64) if spec.base is not None else None
         self._http: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -440,12 +441,11 @@ class EndpointObjective:
     async def _post(self, body: bytes) -> bytes:
         """One attempt: POST, following ≤ MAX_REDIRECTS redirects by hand, each hop re-checked."""
         assert self._http is not None
-        url, headers = self._url, self.spec.header_values()
+        url, headers = self._url, self._headers
         try:
             async with asyncio.timeout(self.spec.timeout_s):
                 for _ in range(MAX_REDIRECTS + 1):
-                    async with self._http.post(url, data=body, allow_redirects=False,
-                                               headers={**headers, "Content-Type": "application/json"}) as response:
+                    async with self._http.post(url, data=body, allow_redirects=False, headers=headers) as response:
                         data = await self._read(response)
                         status, location = response.status, response.headers.get("Location")
                         retry_after = response.headers.get("Retry-After")
@@ -457,7 +457,7 @@ class EndpointObjective:
                         raise ObjectiveError(f"{self._where} redirected to an invalid URL") from None
                     await check_url(str(target), self.allow)
                     if target.origin() != url.origin():
-                        headers = {}  # never send credentials to another origin
+                        headers = {"Content-Type": "application/json"}  # never send credentials to another origin
                     # Deliberate: keep POST and the body on 301/302/303 too (curl --post30x):
                     # an inference call has no GET form.
                     url = target
