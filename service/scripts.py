@@ -104,11 +104,14 @@ return {{token, st}}
 # ARGV: token, op json {hset:{...}, queries:{...}, release:bool, lease_ttl, maxlen, cid, job, outbox, due},
 #       ckpt bytes ('' = keep), then (type, event json) pairs
 # Returns -1 fenced out (a newer segment owns the job), -2 job already terminal, 1 cancel requested, 0 ok.
+# A pair typed PROGRESS_RUN carries the progress events of consecutive steps, one JSON per line (compact JSON
+# holds no newline), the first one's step in ``steps``: each line is appended as a ``progress``.
 # ``steps`` (optional) gives each event's step (0: not a progress event): a step at or below the job's
 # ``published_step`` is not appended again, and ``progress`` never moves back, whatever a segment believes
 # (defence in depth behind the replay logic; each drop is counted in ``republished_dropped``). ``cid`` makes a retried commit (reply lost when Redis restarted) a no-op; ``outbox`` (a "job|ticket"
 # member, due at ``due``) records a segment to be sent, so the reaper sends it if this worker dies first;
 # a release clears ``open`` and the crash count.
+PROGRESS_RUN = "progress-run"
 COMMIT = f"""
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
 local op = cjson.decode(ARGV[2])
@@ -124,7 +127,19 @@ local steps, dropped, j = op.steps or {{}}, 0, 0
 for i = 4, #ARGV, 2 do
   j = j + 1
   local s = tonumber(steps[j]) or 0
-  if s > 0 and s <= published then
+  if ARGV[i] == '{PROGRESS_RUN}' then
+    local run, pos = ARGV[i + 1], 1
+    while pos <= #run do
+      local stop = string.find(run, '\\n', pos, true) or (#run + 1)
+      if s <= published then
+        dropped = dropped + 1
+      else
+        redis.call('XADD', KEYS[4], 'MAXLEN', '~', op.maxlen, '*', 't', 'progress', 'e', string.sub(run, pos, stop - 1))
+        published = s
+      end
+      s, pos = s + 1, stop + 1
+    end
+  elseif s > 0 and s <= published then
     dropped = dropped + 1
   else
     redis.call('XADD', KEYS[4], 'MAXLEN', '~', op.maxlen, '*', 't', ARGV[i], 'e', ARGV[i + 1])

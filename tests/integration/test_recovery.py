@@ -8,6 +8,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,8 @@ from service.store import JobStore
 from tests.conftest import OUT
 from tests.support.chaos import Worker
 from tests.support.stack import wait_until
-from workers.jobstore import LeaseRefused, WorkerStore
+from workers.jobstore import LeaseRefused, ProgressRun, WorkerStore
+from workers.runner import PROGRESS_KEYS
 from workers.reaper import Reaper
 from zoserve.models.jobs import job_create_adapter
 
@@ -114,6 +116,35 @@ def test_a_step_is_published_once_and_progress_never_moves_back(bare: tuple[str,
     assert steps == [1, 2, 3]
     h = r.hgetall(keys.job(job_id))
     assert json.loads(h[b"progress"])["step"] == 3 and h[b"published_step"] == b"3" and h[b"republished_dropped"] == b"2"
+
+
+def test_progress_runs_are_split_into_one_entry_per_step_and_deduplicated(bare: tuple[str, redis.Redis]) -> None:
+    """A sink's flush sends its steps as one run (JSON lines); the script appends one ``progress`` entry per
+    line, in order, each exactly as serialised, and drops the steps already in the stream like single events."""
+    url, r = bare
+    job_id, ticket = create(url)
+    store = WorkerStore(r, lease_ttl=30, maxlen=1000)
+    lease = store.acquire(job_id, ticket)
+
+    def event(step: int) -> dict[str, Any]:
+        return {"type": "progress", "time": 1.7e9 + step, "step": step, "queries": 3 * step, "failed_queries": 0,
+                "evaluations": 3 * step, "value": 1.0 / step, "best_value": 1.0 / step, "extra": {"lr": 0.1}}
+
+    def run(first: int, last: int) -> ProgressRun:
+        out = ProgressRun(event(first))
+        assert all(out.add(event(s)) for s in range(first + 1, last + 1))
+        assert not out.add(event(last + 2))  # not the next step: the sink starts a new run
+        return out
+
+    assert store.commit(job_id, lease.token, events=[("progress", run(1, 3))]) == 0
+    assert store.commit(job_id, lease.token, events=[("progress", run(2, 5)), ("status", '{"type": "status"}')]) == 0
+    rows = [(f[b"t"].decode(), json.loads(f[b"e"])) for _, f in r.xrange(keys.events(job_id))]
+    progress = [e for t, e in rows if t == "progress"]
+    assert [e["step"] for e in progress] == [1, 2, 3, 4, 5] and rows[-1][0] == "status"
+    assert progress[3] == {**event(4), "time": "2023-11-14T22:13:24.000000+00:00"}
+    h = r.hgetall(keys.job(job_id))
+    assert h[b"published_step"] == b"5" and h[b"republished_dropped"] == b"2"
+    assert json.loads(h[b"progress"]) == {k: event(5)[k] for k in PROGRESS_KEYS}
 
 
 def test_a_waiting_job_ignores_stray_segments(bare: tuple[str, redis.Redis]) -> None:

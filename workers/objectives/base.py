@@ -27,10 +27,10 @@ Exception tree::
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import torch
 from torch import Tensor
 
 from workers.algorithms.base import Answer, Query
@@ -103,14 +103,12 @@ def check_values(values: Tensor, n: int) -> Tensor:
     It runs once per step, so the common case costs one reduction: a Python sum over a short CPU
     vector (a torch op costs several µs more per step with the caches cold), a torch sum otherwise.
     """
-    import torch
-
-    if not isinstance(values, torch.Tensor) or values.dtype != torch.float64:
+    if not isinstance(values, Tensor) or values.dtype is not torch.float64:
         values = torch.as_tensor(values, dtype=torch.float64)
-    if values.dim() != 1:
+    if values.shape != (n,):
         values = values.reshape(-1)
-    if values.numel() != n:
-        raise ObjectiveInvalid(f"expected {n} values, got {values.numel()}")
+        if values.numel() != n:
+            raise ObjectiveInvalid(f"expected {n} values, got {values.numel()}")
     total = sum(values.tolist()) if n <= _SHORT and values.is_cpu else float(values.sum())
     if not math.isfinite(total):  # a non-finite value, or finite ones whose sum overflowed: look closer
         bad = (~torch.isfinite(values)).nonzero()
