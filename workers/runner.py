@@ -10,6 +10,7 @@ import enum
 import math
 import time
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 from typing import Any, Protocol
 
 import orjson
@@ -145,24 +146,12 @@ def host_query(query: Query, objective: Objective) -> Query:
 
 
 def wire_event(event: dict[str, Any]) -> bytes:
-    """An event dict as stored JSON bytes, its unix ``time`` made ISO-8601 in place (the sink owns the
-    dict). It runs once per step, on the sink's flush thread: ~0.4 µs."""
+    """An event dict as stored JSON bytes (a unix ``time`` made ISO-8601, in place: the sink owns the dict).
+    The runner's own events carry a datetime, which orjson writes fastest (~0.5 µs an event)."""
     t = event.get("time")
     if isinstance(t, float):
-        event["time"] = iso_utc(t)
+        event["time"] = datetime.fromtimestamp(t, timezone.utc)
     return orjson.dumps(event, default=_plain)
-
-
-_second: tuple[int, str] = (-1, "")
-
-
-def iso_utc(t: float) -> str:
-    """``t`` (unix seconds) as ISO-8601 UTC with microseconds; the date part is formatted once a second."""
-    global _second
-    s = math.floor(t)
-    if s != _second[0]:
-        _second = (s, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(s)))
-    return f"{_second[1]}.{int((t - s) * 1e6):06d}+00:00"
 
 
 async def run_segment(algo: Algorithm, state: dict[str, Any], objective: Objective, sink: Sink, limits: Limits,
@@ -201,9 +190,9 @@ async def run_segment(algo: Algorithm, state: dict[str, Any], objective: Objecti
             ev = replace(ev, monitor=monitor(algo.x_of(algo_state)))
         tally.record(ev, value, info.x if value is not None else algo.x_of(algo_state))
         if tally.step > tally.published_step:
-            progress({"type": "progress", "time": time.time(), "step": tally.step, "queries": tally.queries,
-                      "failed_queries": tally.failed, "evaluations": tally.evaluations, "value": tally.value,
-                      "best_value": tally.best_value, "extra": info.extra})  # Tally.progress() + time, extra
+            progress({"type": "progress", "time": datetime.now(timezone.utc), "step": tally.step,  # Tally.progress()
+                      "queries": tally.queries, "failed_queries": tally.failed, "evaluations": tally.evaluations,
+                      "value": tally.value, "best_value": tally.best_value, "extra": info.extra})
             tally.published_step = tally.step
 
     if sink.cancelled():
