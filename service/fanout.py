@@ -20,6 +20,7 @@ before that from Redis, so joining never loses rows.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -51,17 +52,25 @@ def stream_id(rid: str) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class Batch:
-    """New entries of one job, in stream order, with their SSE frames and the cursor before them.
+    """New entries of one job, in stream order, with the cursor before them.
 
-    Everything a subscriber compares is computed once here, not once per subscriber.
+    What subscribers share is computed at most once per batch, and only when one needs it: the SSE
+    frames (a subscriber that keeps some types formats just those), the rows' stream ids (needed only
+    by a subscriber that already sent some of these rows during its catch-up).
     """
 
     prev: str
     rows: tuple[Row, ...]
-    frames: tuple[str, ...]
     prev_key: tuple[int, int] = (0, 0)
-    keys: tuple[tuple[int, int], ...] = ()
     terminal: bool = False
+
+    @functools.cached_property
+    def frames(self) -> tuple[str, ...]:
+        return tuple(sse_frame(*r) for r in self.rows)
+
+    @functools.cached_property
+    def keys(self) -> tuple[tuple[int, int], ...]:
+        return tuple(stream_id(r[0]) for r in self.rows)
 
 
 @dataclass(eq=False)
@@ -199,12 +208,13 @@ class EventHub:
         if feed is None or feed.cursor is None:
             return  # nobody is watching any more
         floor = stream_id(feed.cursor)
-        rows = tuple((rid.decode(), f[b"t"].decode(), f[b"e"].decode()) for rid, f in entries)
-        rows = tuple(r for r in rows if stream_id(r[0]) > floor)  # a feed re-created mid-read
+        skip = 0  # entries at or before the cursor: a feed re-created mid-read (ids ascend, so a prefix)
+        while skip < len(entries) and stream_id(entries[skip][0].decode()) <= floor:
+            skip += 1
+        rows = tuple((rid.decode(), f[b"t"].decode(), f[b"e"].decode()) for rid, f in entries[skip:])
         if not rows:
             return
-        batch = Batch(feed.cursor, rows, tuple(sse_frame(*r) for r in rows), floor,
-                      tuple(stream_id(r[0]) for r in rows), any(r[1] in TERMINAL_TYPES for r in rows))
+        batch = Batch(feed.cursor, rows, floor, any(r[1] in TERMINAL_TYPES for r in rows))
         feed.cursor = rows[-1][0]
         for sub in feed.subs:
             if not sub.offer(batch):

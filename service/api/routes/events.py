@@ -122,12 +122,14 @@ async def _follow(request: Request, sub: Subscription, after: str, keep: Keep) -
             return  # re-check Redis every keep-alive: covers a hub that lost its connection
         if sub.lagged or batch.prev_key > pos:
             return  # a gap: the caller reads it from Redis
-        start = next((i for i, key in enumerate(batch.keys) if key > pos), None)
+        # rows are after ``prev``: all new to us unless our catch-up already sent some (we are past prev)
+        start = 0 if batch.prev_key >= pos else next((i for i, key in enumerate(batch.keys) if key > pos), None)
         if start is None:
             continue  # already sent during a catch-up
-        after, pos = batch.rows[-1][0], batch.keys[-1]
+        after = batch.rows[-1][0]
+        pos = stream_id(after)
         if keep is None:
             chunk = "".join(batch.frames[start:]) if start else "".join(batch.frames)
         else:
-            chunk = "".join(f for row, f in zip(batch.rows[start:], batch.frames[start:]) if row[1] in keep)
+            chunk = "".join(sse_frame(*row) for row in batch.rows[start:] if row[1] in keep)
         yield chunk, after, batch.terminal
