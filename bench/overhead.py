@@ -114,7 +114,13 @@ def via_service(client: "zoserve.Client", steps: int, worker: Any = None,
     if worker is not None and cpu is not None:
         cpu.append((sum(worker.cpu_times()[:2]) - c0) / steps)
     assert job.progress.step == steps
-    times = [ev.time.timestamp() for ev in client.jobs.poll_events(job.id, limit=10_000).items if ev.type == "progress"]
+    times, after = [], "0"
+    while True:  # page through the stream
+        page = client.jobs.poll_events(job.id, after=after, limit=10_000, types=["progress"])
+        times += [ev.time.timestamp() for ev in page.items if ev.type == "progress"]
+        if page.done or not page.items:
+            break
+        after = page.last_id
     assert len(times) == steps, (len(times), steps)
     return rate, (steps - 1) / (times[-1] - times[0])
 
