@@ -100,7 +100,7 @@ class EventHub:
     """Fan-out of ``zo:job:{id}:events`` streams; one reader task per process, started lazily."""
 
     # block_ms stays well under redis-py's default socket timeout (5 s): a read racing it fails as TimeoutError
-    def __init__(self, client: aioredis.Redis, block_ms: int = 2000, queue_size: int = 1024, count: int = 500):
+    def __init__(self, client: aioredis.Redis, block_ms: int = 2000, queue_size: int = 1024, count: int = 2000):
         self._r, self.block_ms, self.queue_size, self.count = client, block_ms, queue_size, count
         self._feeds: dict[str, _Feed] = {}
         self.dropped = 0  # batches dropped on full queues (each one a gap read from Redis)

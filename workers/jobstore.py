@@ -258,7 +258,7 @@ class RedisSink:
 
 class CancelListener:
     """A thread per worker process that records cancel requests published on ``zo:cancel``,
-    so a running job sees its cancel on the next step without a Redis round trip per step."""
+    so a running job sees its cancel at its next flush without a Redis round trip."""
 
     def __init__(self, client: redis.Redis):
         self._ids: set[str] = set()

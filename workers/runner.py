@@ -187,7 +187,7 @@ async def run_segment(algo: Algorithm, state: dict[str, Any], objective: Objecti
         algo_state, info = tell(algo_state, query, ev.answer)
         value = info.value
         if value is None and ev.monitor is None and monitor is not None:
-            ev = replace(ev, monitor=monitor(algo.x_of(algo_state)))
+            ev = ev._replace(monitor=monitor(algo.x_of(algo_state)))
         tally.record(ev, value, info.x if value is not None else algo.x_of(algo_state))
         if tally.step > tally.published_step:
             progress({"type": "progress", "time": datetime.now(timezone.utc), "step": tally.step,  # Tally.progress()
