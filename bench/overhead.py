@@ -101,28 +101,62 @@ def spec(steps: int) -> dict[str, Any]:
             "objective": {"kind": "builtin", "function": "sphere", "dim": D}}
 
 
-def via_service(client: "zoserve.Client", steps: int, worker: Any = None,
-                cpu: list[float] | None = None) -> tuple[float, float]:
+PHASES = ("POST → running", "running → first step", "last step → result", "result → wait() returns")
+
+
+def via_service(client: "zoserve.Client", steps: int, worker: Any = None, cpu: list[float] | None = None,
+                phases: dict[str, list[float]] | None = None) -> tuple[float, float]:
     """(POST → ``wait()`` returns, the job's steady rate from its progress events: worker clock, first → last step).
 
     With ``worker`` (a psutil.Process), appends the worker process's CPU seconds per step (every thread:
-    the step loop, the event writer, Celery) to ``cpu``."""
+    the step loop, the event writer, Celery) to ``cpu``. With ``phases``, appends the job's fixed costs
+    (:data:`PHASES`, seconds; one clock: the worker runs on this machine) from its events' times."""
     c0 = sum(worker.cpu_times()[:2]) if worker is not None else 0.0
-    t0 = time.perf_counter()
+    t0, wall0 = time.perf_counter(), time.time()
     job = client.jobs.create(spec(steps)).wait()
     rate = steps / (time.perf_counter() - t0)
+    wall1 = time.time()
     if worker is not None and cpu is not None:
         cpu.append((sum(worker.cpu_times()[:2]) - c0) / steps)
     assert job.progress.step == steps
-    times, after = [], "0"
+    events, after = [], "0"
     while True:  # page through the stream
-        page = client.jobs.poll_events(job.id, after=after, limit=10_000, types=["progress"])
-        times += [ev.time.timestamp() for ev in page.items if ev.type == "progress"]
+        page = client.jobs.poll_events(job.id, after=after, limit=10_000)
+        events += page.items
         if page.done or not page.items:
             break
         after = page.last_id
+    times = [ev.time.timestamp() for ev in events if ev.type == "progress"]
     assert len(times) == steps, (len(times), steps)
+    if phases is not None:
+        running = next(ev.time.timestamp() for ev in events if ev.type == "status" and ev.status.value == "running")
+        result = next(ev.time.timestamp() for ev in events if ev.type == "result")
+        for name, v in zip(PHASES, (running - wall0, times[0] - running, result - times[-1], wall1 - result)):
+            phases.setdefault(name, []).append(v)
     return rate, (steps - 1) / (times[-1] - times[0])
+
+
+def opcodes_per_step(steps: int = 200) -> dict[str, float]:
+    """Python bytecodes executed per step by the bare loop and by the runner (``sys.settrace`` with
+    ``f_trace_opcodes``): a count that, unlike the timings, does not move with the machine."""
+    counts = {}
+    for name, run in (("bare", in_process), ("runner", in_process_runner)):
+        n = 0
+
+        def trace(frame: Any, event: str, arg: Any) -> Any:
+            nonlocal n
+            frame.f_trace_opcodes = True
+            n += event == "opcode"
+            return trace
+
+        run(20)  # warm (imports, caches) outside the count
+        sys.settrace(trace)
+        try:
+            run(steps)
+        finally:
+            sys.settrace(None)
+        counts[name] = n / steps
+    return counts
 
 
 @contextmanager
@@ -161,13 +195,14 @@ def main() -> None:
                                      "control: in-process, other core busy": []}
     ratios: dict[str, list[float]] = {k: [] for k in ("runner", "service", "steady", "control")}
     cpu: dict[str, list[float]] = {"bare": [], "worker": []}
+    phases: dict[str, list[float]] = {}
     with service(args.segment_seconds) as client:
         client.jobs.create({**spec(50)}).wait()  # warm the worker (imports, caches)
         worker = next(p for p in psutil.Process().children(recursive=True) if "celery" in " ".join(p.cmdline()))
         in_process(500)
         for _ in range(args.rounds):  # alternate, so drifts in machine speed hit every side alike
             base, runner = in_process(args.steps, cpu["bare"]), in_process_runner(args.steps)
-            svc, steady = via_service(client, args.steps, worker, cpu["worker"])
+            svc, steady = via_service(client, args.steps, worker, cpu["worker"], phases)
             row = [base, runner, svc, steady]
             if not args.no_control:
                 with other_core_busy():
@@ -194,6 +229,11 @@ def main() -> None:
     cpu_rounds = [b / w for b, w in zip(cpu["bare"], cpu["worker"])]
     print(f"  CPU per step: bare loop {bare_us:.0f} µs, worker process (all threads) {worker_us:.0f} µs → "
           f"{bare_us / worker_us:.3f}×  (rounds {min(cpu_rounds):.3f}–{max(cpu_rounds):.3f})")
+    fixed = {k: round(median(v) * 1e3, 2) for k, v in phases.items()}
+    print("  fixed costs of a job, median ms: " + ", ".join(f"{k} {v}" for k, v in fixed.items()))
+    ops = opcodes_per_step()
+    print(f"  Python opcodes per step: bare loop {ops['bare']:.0f}, runner {ops['runner']:.0f} "
+          f"(+{ops['runner'] - ops['bare']:.0f}; a deterministic count)")
     print(json.dumps({"bench": "overhead", "ratio": round(median(ratios["service"]), 4), "target": 0.9,
                       "rounds": [round(r, 4) for r in ratios["service"]],
                       "ratio_ci": [round(lo, 4), round(hi, 4)], "ratio_ci_coverage": round(coverage, 4),
@@ -203,6 +243,7 @@ def main() -> None:
                       "steps_per_s": {k: round(median(v), 1) for k, v in rates.items() if v},
                       "streaming_ratio": round(streamed / base, 4), "cpu_ratio": round(bare_us / worker_us, 4),
                       "cpu_us_per_step": {"bare": round(bare_us, 1), "worker": round(worker_us, 1)},
+                      "fixed_ms": fixed, "opcodes_per_step": {k: round(v, 1) for k, v in ops.items()},
                       "d": D, "q": Q, "steps": args.steps}))
 
 
