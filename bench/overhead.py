@@ -11,15 +11,19 @@ notice of the end included; ``wait()`` follows the job's status events, not ever
 progress). Beside it: the job's steady rate from its own progress events (worker clock, first →
 last step), and a control that bounds what any service can reach on this machine: the same
 in-process loop while the other core runs a memory-bound loop, standing in for the API, Redis and
-the event writer that share the machine with the worker during a job.
+the event writer that share the machine with the worker during a job. The API runs in a uvicorn
+process of its own, as deployed (``--api thread`` puts it in this process, as before session 6; the
+two gave the same ratios). Two diagnostics follow the table: the job's fixed costs from its events'
+times, and the Python opcodes per step of the bare loop and of the runner (a count, not a timing).
 
-    python bench/overhead.py [--steps 5000] [--rounds 11] [--no-control]
+    python bench/overhead.py [--steps 5000] [--rounds 11] [--no-control] [--api process|thread]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -80,20 +84,28 @@ def in_process_runner(steps: int) -> float:
 
 
 @contextmanager
-def service(segment_seconds: float) -> Iterator["zoserve.Client"]:
-    """API (uvicorn on 127.0.0.1) + one Celery worker process + embedded Redis, and an SDK client."""
+def service(segment_seconds: float, api: str = "process") -> Iterator["zoserve.Client"]:
+    """Embedded Redis + one Celery worker process + the API on 127.0.0.1, and an SDK client.
+
+    ``api="process"``: the API in a uvicorn process of its own, as deployed (and as the other service
+    benches run it). ``"thread"``: in a thread of this process, sharing the client's GIL (before session 6)."""
     import zoserve
+    from _serve import redis_and_api
     from service.app import create_app
     from service.embedded import EmbeddedRedis
     from service.settings import Settings
     from tests.support.stack import celery_worker, serve_app
 
-    with tempfile.TemporaryDirectory(prefix="zoserve-bench-") as tmp, EmbeddedRedis(Path(tmp) / "redis") as redis_server, \
-            celery_worker(redis_server.url, "bench", Path(tmp) / "worker.log",
-                          ZOSERVE_SEGMENT_SECONDS=str(segment_seconds)), \
-            serve_app(create_app(Settings(redis_url=redis_server.url, auth_disabled=True))) as url, \
-            zoserve.Client(url) as client:
-        yield client
+    with contextlib.ExitStack() as stack:
+        if api == "process":
+            redis_url, url, tmp = stack.enter_context(redis_and_api())
+        else:
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="zoserve-bench-")))
+            redis_url = stack.enter_context(EmbeddedRedis(tmp / "redis")).url
+            url = stack.enter_context(serve_app(create_app(Settings(redis_url=redis_url, auth_disabled=True))))
+        stack.enter_context(celery_worker(redis_url, "bench", tmp / "worker.log",
+                                          ZOSERVE_SEGMENT_SECONDS=str(segment_seconds)))
+        yield stack.enter_context(zoserve.Client(url))
 
 
 def spec(steps: int) -> dict[str, Any]:
@@ -187,6 +199,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=11, help="alternating rounds; the medians count")
     p.add_argument("--segment-seconds", type=float, default=2.0)
     p.add_argument("--no-control", action="store_true", help="skip the in-process run beside a busy core")
+    p.add_argument("--api", choices=["process", "thread"], default="process",
+                   help="the API in its own uvicorn process (as deployed) or in a thread of this one")
     args = p.parse_args()
     torch.set_num_threads(1)
     rates: dict[str, list[float]] = {"in-process (ask/eval/tell)": [], "in-process runner + events": [],
@@ -196,7 +210,7 @@ def main() -> None:
     ratios: dict[str, list[float]] = {k: [] for k in ("runner", "service", "steady", "control")}
     cpu: dict[str, list[float]] = {"bare": [], "worker": []}
     phases: dict[str, list[float]] = {}
-    with service(args.segment_seconds) as client:
+    with service(args.segment_seconds, args.api) as client:
         client.jobs.create({**spec(50)}).wait()  # warm the worker (imports, caches)
         worker = next(p for p in psutil.Process().children(recursive=True) if "celery" in " ".join(p.cmdline()))
         in_process(500)
@@ -214,7 +228,7 @@ def main() -> None:
         streamed = via_service_streaming(client, args.steps)
     base = median(rates["in-process (ask/eval/tell)"])
     print(f"ZO-SGD RGE q={Q}, sphere d={D}: {args.rounds} alternating rounds of {args.steps} steps, "
-          f"segment {args.segment_seconds}s (median steps/s; ratio = median of per-round ratios)")
+          f"segment {args.segment_seconds}s, API in a {args.api} (median steps/s; ratio = median of per-round ratios)")
     for (name, vs), r in zip(rates.items(), (None, *ratios.values())):
         if not vs:
             continue
@@ -243,7 +257,7 @@ def main() -> None:
                       "steps_per_s": {k: round(median(v), 1) for k, v in rates.items() if v},
                       "streaming_ratio": round(streamed / base, 4), "cpu_ratio": round(bare_us / worker_us, 4),
                       "cpu_us_per_step": {"bare": round(bare_us, 1), "worker": round(worker_us, 1)},
-                      "fixed_ms": fixed, "opcodes_per_step": {k: round(v, 1) for k, v in ops.items()},
+                      "fixed_ms": fixed, "api": args.api, "opcodes_per_step": {k: round(v, 1) for k, v in ops.items()},
                       "d": D, "q": Q, "steps": args.steps}))
 
 
