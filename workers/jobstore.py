@@ -64,9 +64,12 @@ class ProgressRun:
 
 def progress_field(events: list[tuple[str, Any]]) -> dict[str, str]:
     """``{"progress": tally}`` of the last progress event given as a dict (or ending a run), or ``{}``."""
-    last = next((ev.last if isinstance(ev, ProgressRun) else ev for kind, ev in reversed(events)
-                 if kind == "progress" and isinstance(ev, (dict, ProgressRun))), None)
-    return {"progress": dumps({k: last[k] for k in PROGRESS_KEYS})} if last is not None else {}
+    for kind, ev in reversed(events):
+        if kind == "progress" and isinstance(ev, ProgressRun):
+            ev = ev.last
+        if kind == "progress" and isinstance(ev, dict):
+            return {"progress": dumps({k: ev[k] for k in PROGRESS_KEYS})}
+    return {}
 
 
 def _pair(kind: str, ev: Any) -> tuple[int, str, str | bytes]:

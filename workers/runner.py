@@ -146,11 +146,11 @@ def host_query(query: Query, objective: Objective) -> Query:
 
 
 def wire_event(event: dict[str, Any]) -> bytes:
-    """An event dict as stored JSON bytes (a unix ``time`` made ISO-8601, in place: the sink owns the dict).
-    The runner's own events carry a datetime, which orjson writes fastest (~0.5 µs an event)."""
+    """An event dict as stored JSON bytes (a unix ``time`` becomes ISO-8601). The runner's own events
+    carry a datetime, which orjson writes directly (~0.5 µs an event, no copy)."""
     t = event.get("time")
     if isinstance(t, float):
-        event["time"] = datetime.fromtimestamp(t, timezone.utc)
+        event = {**event, "time": datetime.fromtimestamp(t, timezone.utc)}
     return orjson.dumps(event, default=_plain)
 
 
