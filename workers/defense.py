@@ -238,8 +238,7 @@ def _work(job: _Job, state: dict[str, Any], sink: RedisSink, settings: Any) -> t
             extra = _record(tally, tally.value, job.cfg.certify_n0 + job.cfg.certify_n, {"stage": STAGE_CODES["certify"],
                                                                                       "image": i})
         if tally.step > tally.published_step:
-            sink.progress({"type": "progress", "time": datetime.now(timezone.utc).isoformat(), **tally.progress(),
-                           "extra": extra})
+            sink.progress([tally.row(extra)])
             tally.published_step = tally.step
         if time.monotonic() - last_flush >= settings.flush_seconds:
             last_flush = time.monotonic()

@@ -22,7 +22,7 @@ from service.scripts import PROGRESS_RUN as RUN
 from service.metrics import LatencyRecorder, push_latency
 from service.records import now_iso, status_event
 
-from .runner import PROGRESS_KEYS, Signal, dumps, wire_event
+from .runner import PROGRESS_KEYS, ProgressRow, Signal, dumps, progress_event, wire_event
 
 
 @dataclass(frozen=True)
@@ -40,25 +40,29 @@ def connect(url: str) -> redis.Redis:
 
 
 class ProgressRun:
-    """Progress events of consecutive steps, serialised as they come (on the step loop, ~0.5 µs each) and
-    stored by one COMMIT argument: JSON lines that the script splits into stream entries.
+    """Progress events of consecutive steps, serialised in bulk as the step loop hands them over (each
+    flush) and stored by one COMMIT argument: JSON lines that the script splits into stream entries.
 
     One argument per flush instead of one per event keeps the flush thread's Python (which holds the
     GIL, so stalls the step loop) to a few calls however many steps a flush carries."""
 
     __slots__ = ("first", "lines", "last")
 
-    def __init__(self, event: dict[str, Any]):
-        self.first: int = event["step"]
-        self.lines: list[bytes] = [wire_event(event)]
-        self.last = event
+    def __init__(self, rows: list[ProgressRow]):
+        self.first: int = rows[0][1]
+        self.lines: list[bytes] = []
+        self.last: dict[str, Any] = {}
+        self.add(rows)
 
-    def add(self, event: dict[str, Any]) -> bool:
-        """Append ``event`` if it is the next step; False (nothing appended) otherwise."""
-        if event["step"] != self.first + len(self.lines):
+    def add(self, rows: list[ProgressRow]) -> bool:
+        """Append ``rows`` if they start at the next step; False (nothing appended) otherwise."""
+        if not rows:
+            return True
+        if rows[0][1] != self.first + len(self.lines):
             return False
-        self.lines.append(wire_event(event))
-        self.last = event
+        events = [progress_event(row) for row in rows]
+        self.lines += [wire_event(event) for event in events]
+        self.last = events[-1]
         return True
 
 
@@ -202,10 +206,10 @@ class RedisSink:
             except redis.RedisError:  # Redis restarting: try again next period
                 pass
 
-    def progress(self, event: dict[str, Any]) -> None:
+    def progress(self, rows: list[ProgressRow]) -> None:
         run = self._run
-        if run is None or not run.add(event):
-            self._run = ProgressRun(event)
+        if run is None or not run.add(rows):
+            self._run = ProgressRun(rows)
             self.buffer.append(("progress", self._run))
 
     def flush(self) -> Signal:

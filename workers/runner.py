@@ -35,10 +35,24 @@ class Signal(str, enum.Enum):
     FENCED = "fenced"
 
 
+ProgressRow = tuple[float, int, int, int, int, "float | None", "float | None", dict[str, Any]]
+"""One step's progress as the step loop records it: (unix time, step, queries, failed_queries, evaluations,
+value, best_value, extra). A tuple append is all a step pays; events are built from rows in bulk."""
+
+
+def progress_event(row: ProgressRow) -> dict[str, Any]:
+    """The ``progress`` event of a row (its time as an aware datetime)."""
+    t, step, queries, failed, evaluations, value, best, extra = row
+    return {"type": "progress", "time": datetime.fromtimestamp(t, timezone.utc), "step": step, "queries": queries,
+            "failed_queries": failed, "evaluations": evaluations, "value": value, "best_value": best, "extra": extra}
+
+
 class Sink(Protocol):
     """Where progress goes. ``flush`` persists buffered events and reports cancel/fencing."""
 
-    def progress(self, event: dict[str, Any]) -> None: ...
+    def progress(self, rows: list[ProgressRow]) -> None:
+        """Progress of consecutive steps, in order (handed over at each flush and at the segment's end)."""
+        ...
 
     def flush(self) -> Signal: ...
 
@@ -97,6 +111,10 @@ class Tally:
             self.value = value
             if self.best_value is None or value < self.best_value:
                 self.best_value, self.x_best = value, x
+
+    def row(self, extra: dict[str, Any]) -> "ProgressRow":
+        """This step's progress row, timed now (the step loop builds the same tuple inline)."""
+        return (time.time(), self.step, self.queries, self.failed, self.evaluations, self.value, self.best_value, extra)
 
     def progress(self) -> dict[str, Any]:
         """The fields of a progress event (``PROGRESS_KEYS``), also the job's ``progress`` field."""
@@ -171,6 +189,9 @@ async def run_segment(algo: Algorithm, state: dict[str, Any], objective: Objecti
     observe = getattr(sink, "observe", None)  # optional: (seconds, queries) per evaluation, for /metrics
     on_device = getattr(objective, "on_device", False)
     ask, tell, evaluate, progress = algo.ask, algo.tell, objective.evaluate, sink.progress
+    evaluate_now = getattr(objective, "evaluate_now", None)  # adapters that never wait: no coroutine per step
+    rows: list[ProgressRow] = []  # progress since the last flush, handed to the sink in one call
+    log, wall = rows.append, time.time
     t0 = last_flush = time.monotonic()
     elapsed0 = tally.elapsed
     slice_end = t0 + limits.segment_seconds
@@ -190,45 +211,54 @@ async def run_segment(algo: Algorithm, state: dict[str, Any], objective: Objecti
             ev = ev._replace(monitor=monitor(algo.x_of(algo_state)))
         tally.record(ev, value, info.x if value is not None else algo.x_of(algo_state))
         if tally.step > tally.published_step:
-            progress({"type": "progress", "time": datetime.now(timezone.utc), "step": tally.step,  # Tally.progress()
-                      "queries": tally.queries, "failed_queries": tally.failed, "evaluations": tally.evaluations,
-                      "value": tally.value, "best_value": tally.best_value, "extra": info.extra})
+            log((wall(), tally.step, tally.queries, tally.failed, tally.evaluations, tally.value, tally.best_value,
+                 info.extra))  # Tally.row(), inline: one call fewer per step
             tally.published_step = tally.step
 
-    if sink.cancelled():
-        return result(Outcome.CANCELLED, "cancelled")
-    if tally.pending:
-        query = ask(algo_state)
-        if answer is None:
-            return result(Outcome.WAITING, "waiting for an answer", query=query)
-        told(query, objective.resolve(host_query(query, objective), answer))
-        tally.pending = ""
+    def publish() -> None:
+        if rows:
+            progress(rows.copy())
+            rows.clear()
 
-    while True:
-        now = time.monotonic()
-        if now >= slice_end:
-            return result(Outcome.CONTINUE, "time slice used")
-        if now >= time_end:
-            return result(Outcome.DONE, f"max_seconds ({limits.max_seconds:g}) reached")
-        query = ask(algo_state)
-        cost = 1 if query.kind == "ranking" else query.points.shape[0]  # per point; per oracle call for rankings
-        if tally.step >= max_steps or tally.queries + cost > max_queries:
-            return result(Outcome.DONE, budget_reason(tally, limits, cost) or "budget reached")
-        t_eval = time.perf_counter()
-        ev = await evaluate(query if on_device else host_query(query, objective))
-        if isinstance(ev, Pending):
-            tally.pending = f"q{tally.step + 1}"
-            return result(Outcome.WAITING, "waiting for an answer", query=query, pending=ev)
-        if observe is not None:
-            observe(time.perf_counter() - t_eval, ev.queries)
-        told(query, ev)
-        if now - last_flush >= limits.flush_seconds:
-            last_flush = now
-            signal = sink.flush()
-            if signal is Signal.FENCED:
-                return result(Outcome.FENCED, "a newer segment owns the job")
-            if signal is Signal.CANCEL or sink.cancelled():
-                return result(Outcome.CANCELLED, "cancelled")
+    try:
+        if sink.cancelled():
+            return result(Outcome.CANCELLED, "cancelled")
+        if tally.pending:
+            query = ask(algo_state)
+            if answer is None:
+                return result(Outcome.WAITING, "waiting for an answer", query=query)
+            told(query, objective.resolve(host_query(query, objective), answer))
+            tally.pending = ""
+
+        while True:
+            now = time.monotonic()
+            if now >= slice_end:
+                return result(Outcome.CONTINUE, "time slice used")
+            if now >= time_end:
+                return result(Outcome.DONE, f"max_seconds ({limits.max_seconds:g}) reached")
+            query = ask(algo_state)
+            cost = 1 if query.kind == "ranking" else query.points.shape[0]  # per point; per oracle call for rankings
+            if tally.step >= max_steps or tally.queries + cost > max_queries:
+                return result(Outcome.DONE, budget_reason(tally, limits, cost) or "budget reached")
+            t_eval = time.perf_counter()
+            asked = query if on_device else host_query(query, objective)
+            ev = evaluate_now(asked) if evaluate_now is not None else await evaluate(asked)
+            if isinstance(ev, Pending):
+                tally.pending = f"q{tally.step + 1}"
+                return result(Outcome.WAITING, "waiting for an answer", query=query, pending=ev)
+            if observe is not None:
+                observe(time.perf_counter() - t_eval, ev.queries)
+            told(query, ev)
+            if now - last_flush >= limits.flush_seconds:
+                last_flush = now
+                publish()
+                signal = sink.flush()
+                if signal is Signal.FENCED:
+                    return result(Outcome.FENCED, "a newer segment owns the job")
+                if signal is Signal.CANCEL or sink.cancelled():
+                    return result(Outcome.CANCELLED, "cancelled")
+    finally:  # the steps since the last flush reach the sink however the segment ends
+        publish()
 
 
 class MemorySink:
@@ -237,8 +267,8 @@ class MemorySink:
     def __init__(self) -> None:
         self.events: list[dict[str, Any]] = []
 
-    def progress(self, event: dict[str, Any]) -> None:
-        self.events.append(event)
+    def progress(self, rows: list[ProgressRow]) -> None:
+        self.events.extend(map(progress_event, rows))
 
     def flush(self) -> Signal:
         return Signal.OK

@@ -25,7 +25,7 @@ from tests.conftest import OUT
 from tests.support.chaos import Worker
 from tests.support.stack import wait_until
 from workers.jobstore import LeaseRefused, ProgressRun, WorkerStore
-from workers.runner import PROGRESS_KEYS
+from workers.runner import PROGRESS_KEYS, ProgressRow
 from workers.reaper import Reaper
 from zoserve.models.jobs import job_create_adapter
 
@@ -126,14 +126,17 @@ def test_progress_runs_are_split_into_one_entry_per_step_and_deduplicated(bare: 
     store = WorkerStore(r, lease_ttl=30, maxlen=1000)
     lease = store.acquire(job_id, ticket)
 
+    def row(step: int) -> ProgressRow:
+        return (1.7e9 + step, step, 3 * step, 0, 3 * step, 1.0 / step, 1.0 / step, {"lr": 0.1})
+
     def event(step: int) -> dict[str, Any]:
-        return {"type": "progress", "time": 1.7e9 + step, "step": step, "queries": 3 * step, "failed_queries": 0,
+        return {"type": "progress", "step": step, "queries": 3 * step, "failed_queries": 0,
                 "evaluations": 3 * step, "value": 1.0 / step, "best_value": 1.0 / step, "extra": {"lr": 0.1}}
 
     def run(first: int, last: int) -> ProgressRun:
-        out = ProgressRun(event(first))
-        assert all(out.add(event(s)) for s in range(first + 1, last + 1))
-        assert not out.add(event(last + 2))  # not the next step: the sink starts a new run
+        out = ProgressRun([row(first)])  # handed over in two parts, as by two flushes
+        assert out.add([row(s) for s in range(first + 1, last)]) and out.add([row(last)])
+        assert not out.add([row(last + 2)])  # not the next step: the sink starts a new run
         return out
 
     assert store.commit(job_id, lease.token, events=[("progress", run(1, 3))]) == 0

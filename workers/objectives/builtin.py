@@ -82,6 +82,8 @@ class BuiltinObjective:
         self.fn = FUNCTIONS[function]
         self.function, self.dim, self.noise, self.seed = function, dim, noise, seed
         self.latency_s = latency_ms / 1000.0  # simulated I/O wait (scale-out tests); 0 = none
+        # the runner's path without the event loop; a simulated wait needs it
+        self.evaluate_now: Callable[[Query], Evaluation] | None = self.answer if self.latency_s == 0 else None
 
     def default_x0(self) -> Tensor:
         return default_x0(self.function, self.dim)
@@ -93,11 +95,15 @@ class BuiltinObjective:
             out = out + self.noise * noise.to(out.device)
         return out
 
-    async def evaluate(self, query: Query) -> Evaluation:
+    def answer(self, query: Query) -> Evaluation:
+        """Every point's value, checked."""
         n = query.points.shape[0]
+        return Evaluation(Answer(values=check_values(self.values(query.points), n)), queries=n)
+
+    async def evaluate(self, query: Query) -> Evaluation:
         if self.latency_s > 0:
             await asyncio.sleep(self.latency_s)
-        return Evaluation(Answer(values=check_values(self.values(query.points), n)), queries=n)
+        return self.answer(query)
 
     def resolve(self, query: Query, payload: dict[str, object]) -> Evaluation:
         raise NotImplementedError("builtin objectives answer at once")
