@@ -178,7 +178,9 @@ async def run_segment(algo: Algorithm, state: dict[str, Any], objective: Objecti
 
     Cancels are looked at when the segment starts and at every flush (each ``flush_seconds``, or
     each step when steps are slower), as the sink's fenced writes are. The loop is the hot path of
-    cheap objectives (~100 µs steps at d = 1000): ``bench/overhead.py`` counts its cost.
+    cheap objectives (~100 µs steps at d = 1000): ``bench/overhead.py`` counts its cost. So a step only
+    appends a :data:`ProgressRow`; the rows go to ``sink.progress`` before each flush and when the
+    segment ends, however it ends (an objective error included).
 
     Args:
         state: algorithm state merged with the runner tally (``run.*``), as checkpointed.
