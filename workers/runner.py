@@ -113,7 +113,7 @@ class Tally:
                 self.best_value, self.x_best = value, x
 
     def row(self, extra: dict[str, Any]) -> "ProgressRow":
-        """This step's progress row, timed now (the step loop builds the same tuple inline)."""
+        """This step's progress row, timed now."""
         return (time.time(), self.step, self.queries, self.failed, self.evaluations, self.value, self.best_value, extra)
 
     def progress(self) -> dict[str, Any]:
@@ -193,7 +193,7 @@ async def run_segment(algo: Algorithm, state: dict[str, Any], objective: Objecti
     ask, tell, evaluate, progress = algo.ask, algo.tell, objective.evaluate, sink.progress
     evaluate_now = getattr(objective, "evaluate_now", None)  # adapters that never wait: no coroutine per step
     rows: list[ProgressRow] = []  # progress since the last flush, handed to the sink in one call
-    log, wall = rows.append, time.time
+    log = rows.append
     t0 = last_flush = time.monotonic()
     elapsed0 = tally.elapsed
     slice_end = t0 + limits.segment_seconds
@@ -213,8 +213,7 @@ async def run_segment(algo: Algorithm, state: dict[str, Any], objective: Objecti
             ev = ev._replace(monitor=monitor(algo.x_of(algo_state)))
         tally.record(ev, value, info.x if value is not None else algo.x_of(algo_state))
         if tally.step > tally.published_step:
-            log((wall(), tally.step, tally.queries, tally.failed, tally.evaluations, tally.value, tally.best_value,
-                 info.extra))  # Tally.row(), inline: one call fewer per step
+            log(tally.row(info.extra))
             tally.published_step = tally.step
 
     def publish() -> None:
