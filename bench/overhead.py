@@ -1,7 +1,8 @@
 """Service overhead: steps/s of a job through API + Celery + Redis ÷ the same algorithm in-process.
 
 ZO-SGD with RGE (gaussian, q = 20) on a cheap objective (sphere, d = 1000). Both sides run in one
-invocation on this machine, so the ratio is meaningful even when absolute speeds are noisy.
+invocation on this machine, so the ratio is meaningful even when absolute speeds are noisy: each round
+runs the bare loop right before and right after the job and compares the job with both.
 Last line: one JSON object with bench, ratio and target. ``cpu_ratio`` beside it compares CPU
 seconds per step (the bare loop's thread ÷ the worker process, all its threads): what the service
 spends per step on the worker's side.
@@ -215,8 +216,15 @@ def main() -> None:
         worker = next(p for p in psutil.Process().children(recursive=True) if "celery" in " ".join(p.cmdline()))
         in_process(500)
         for _ in range(args.rounds):  # alternate, so drifts in machine speed hit every side alike
-            base, runner = in_process(args.steps, cpu["bare"]), in_process_runner(args.steps)
+            # the bare loop runs right before and right after the job it is compared with, so a steady drift
+            # in the machine's speed over the round cancels out of the ratio
+            bare_cpu: list[float] = []
+            before = in_process(args.steps, bare_cpu)
             svc, steady = via_service(client, args.steps, worker, cpu["worker"], phases)
+            after = in_process(args.steps, bare_cpu)
+            runner = in_process_runner(args.steps)
+            base = 2 / (1 / before + 1 / after)  # steps/s over both runs
+            cpu["bare"].append(sum(bare_cpu) / 2)
             row = [base, runner, svc, steady]
             if not args.no_control:
                 with other_core_busy():
@@ -228,7 +236,8 @@ def main() -> None:
         streamed = via_service_streaming(client, args.steps)
     base = median(rates["in-process (ask/eval/tell)"])
     print(f"ZO-SGD RGE q={Q}, sphere d={D}: {args.rounds} alternating rounds of {args.steps} steps, "
-          f"segment {args.segment_seconds}s, API in a {args.api} (median steps/s; ratio = median of per-round ratios)")
+          f"segment {args.segment_seconds}s, API in a {args.api} (median steps/s; ratio = median of per-round ratios; "
+          f"each round's baseline: the bare loop before and after its job)")
     for (name, vs), r in zip(rates.items(), (None, *ratios.values())):
         if not vs:
             continue

@@ -94,9 +94,10 @@ class Tally:
         kw = {k[4:]: v for k, v in state.items() if k.startswith("run.")}
         return cls(**kw)
 
-    def record(self, ev: Evaluation, value: float | None, x: Tensor) -> None:
-        """Count one told step. ``value`` is the algorithm's f(x) at ``x``; without one (rankings: the
-        algorithm cannot know values) its iterate ``x`` is its answer and the adapter's monitor is shown."""
+    def record(self, ev: Evaluation, value: float | None, x: Tensor, extra: dict[str, Any]) -> ProgressRow:
+        """Count one told step and return its progress row, timed now. ``value`` is the algorithm's f(x) at
+        ``x``; without one (rankings: the algorithm cannot know values) its iterate ``x`` is its answer and
+        the adapter's monitor is shown."""
         self.step += 1
         self.queries += ev.queries
         self.failed += ev.failed
@@ -111,6 +112,7 @@ class Tally:
             self.value = value
             if self.best_value is None or value < self.best_value:
                 self.best_value, self.x_best = value, x
+        return self.row(extra)
 
     def row(self, extra: dict[str, Any]) -> "ProgressRow":
         """This step's progress row, timed now."""
@@ -188,7 +190,7 @@ async def run_segment(algo: Algorithm, state: dict[str, Any], objective: Objecti
     """
     algo_state, tally = split_state(state)
     monitor = getattr(objective, "monitor", None)  # simulated oracles report the true f(x), for people only
-    observe = getattr(sink, "observe", None)  # optional: (seconds, queries) per evaluation, for /metrics
+    observe = getattr(sink, "observe", None)  # optional: (seconds, queries) per awaited evaluation, for /metrics
     on_device = getattr(objective, "on_device", False)
     ask, tell, evaluate, progress = algo.ask, algo.tell, objective.evaluate, sink.progress
     evaluate_now = getattr(objective, "evaluate_now", None)  # adapters that never wait: no coroutine per step
@@ -200,6 +202,7 @@ async def run_segment(algo: Algorithm, state: dict[str, Any], objective: Objecti
     time_end = t0 + limits.max_seconds - elapsed0 if limits.max_seconds is not None else math.inf
     max_steps = limits.max_steps if limits.max_steps is not None else math.inf
     max_queries = limits.max_queries if limits.max_queries is not None else math.inf
+    stop_at, monotonic = min(slice_end, time_end), time.monotonic  # one clock check a step for both limits
 
     def result(outcome: Outcome, reason: str = "", **kw: Any) -> SegmentResult:
         tally.elapsed = elapsed0 + (time.monotonic() - t0)
@@ -211,9 +214,9 @@ async def run_segment(algo: Algorithm, state: dict[str, Any], objective: Objecti
         value = info.value
         if value is None and ev.monitor is None and monitor is not None:
             ev = ev._replace(monitor=monitor(algo.x_of(algo_state)))
-        tally.record(ev, value, info.x if value is not None else algo.x_of(algo_state))
+        row = tally.record(ev, value, info.x if value is not None else algo.x_of(algo_state), info.extra)
         if tally.step > tally.published_step:
-            log(tally.row(info.extra))
+            log(row)
             tally.published_step = tally.step
 
     def publish() -> None:
@@ -232,23 +235,26 @@ async def run_segment(algo: Algorithm, state: dict[str, Any], objective: Objecti
             tally.pending = ""
 
         while True:
-            now = time.monotonic()
-            if now >= slice_end:
-                return result(Outcome.CONTINUE, "time slice used")
-            if now >= time_end:
+            now = monotonic()
+            if now >= stop_at:
+                if now >= slice_end:
+                    return result(Outcome.CONTINUE, "time slice used")
                 return result(Outcome.DONE, f"max_seconds ({limits.max_seconds:g}) reached")
             query = ask(algo_state)
             cost = 1 if query.kind == "ranking" else query.points.shape[0]  # per point; per oracle call for rankings
             if tally.step >= max_steps or tally.queries + cost > max_queries:
                 return result(Outcome.DONE, budget_reason(tally, limits, cost) or "budget reached")
-            t_eval = time.perf_counter()
             asked = query if on_device else host_query(query, objective)
-            ev = evaluate_now(asked) if evaluate_now is not None else await evaluate(asked)
-            if isinstance(ev, Pending):
-                tally.pending = f"q{tally.step + 1}"
-                return result(Outcome.WAITING, "waiting for an answer", query=query, pending=ev)
-            if observe is not None:
-                observe(time.perf_counter() - t_eval, ev.queries)
+            if evaluate_now is not None:  # computed here and now: its time is the step's, not an objective latency
+                ev = evaluate_now(asked)
+            else:
+                t_eval = time.perf_counter()
+                ev = await evaluate(asked)
+                if isinstance(ev, Pending):
+                    tally.pending = f"q{tally.step + 1}"
+                    return result(Outcome.WAITING, "waiting for an answer", query=query, pending=ev)
+                if observe is not None:
+                    observe(time.perf_counter() - t_eval, ev.queries)
             told(query, ev)
             if now - last_flush >= limits.flush_seconds:
                 last_flush = now

@@ -117,3 +117,11 @@ def check_values(values: Tensor, n: int) -> Tensor:
             idx = int(bad[0])
             raise ObjectiveInvalid(f"objective returned a non-finite value ({float(values[idx])}) at point {idx}")
     return values
+
+
+def check_finite(values: Tensor, n: int) -> Tensor:
+    """:func:`check_values` for a ``(n,)`` float64 vector the adapter computed itself, so only finiteness can be
+    wrong: the common case is one Python sum and no tensor attribute reads (the step loop's hot path)."""
+    if n <= _SHORT and math.isfinite(sum(values.tolist())):
+        return values
+    return check_values(values, n)

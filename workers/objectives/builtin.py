@@ -12,7 +12,7 @@ from torch import Tensor
 
 from workers.algorithms.base import Answer, Query
 
-from .base import Evaluation, check_values
+from .base import Evaluation, check_finite
 
 Fn = Callable[[Tensor], Tensor]
 
@@ -96,9 +96,10 @@ class BuiltinObjective:
         return out
 
     def answer(self, query: Query) -> Evaluation:
-        """Every point's value, checked."""
-        n = query.points.shape[0]
-        return Evaluation(Answer(values=check_values(self.values(query.points), n)), queries=n)
+        """Every point's value, checked (float64, one per point by construction: finiteness is what can fail)."""
+        points = query.points
+        n = points.shape[0]
+        return Evaluation(Answer(values=check_finite(self.values(points), n)), n)
 
     async def evaluate(self, query: Query) -> Evaluation:
         if self.latency_s > 0:
