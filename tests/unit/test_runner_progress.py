@@ -85,3 +85,22 @@ def test_builtin_objectives_answer_without_the_event_loop_unless_they_simulate_l
     assert fast.evaluate_now(q).answer.values.tolist() == asyncio.run(slow.evaluate(q)).answer.values.tolist() == [0.0, 0.0]
     res = run(slow, MemorySink(), max_steps=3)
     assert res.tally.step == 3  # the async path still runs the loop
+
+
+class ObservingSink(MemorySink):
+    """A sink that takes the objective-latency samples the runner offers (as RedisSink does for /metrics)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.samples: list[tuple[float, int]] = []
+
+    def observe(self, seconds: float, queries: int) -> None:
+        self.samples.append((seconds, queries))
+
+
+def test_objective_latency_is_sampled_for_awaited_evaluations_only() -> None:
+    fast, slow = ObservingSink(), ObservingSink()
+    run(BuiltinObjective("sphere", 4), fast, max_steps=5)  # computed in the step: its time is the step's
+    run(BuiltinObjective("sphere", 4, latency_ms=2.0), slow, max_steps=5)
+    assert fast.samples == []
+    assert [q for _, q in slow.samples] == [4] * 5 and all(s >= 0.002 for s, _ in slow.samples)
