@@ -25,6 +25,7 @@ import time
 import uuid
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 from pydantic import BaseModel
 
@@ -152,7 +153,7 @@ class JobStore:
         else:
             res = await self.r.xread({keys.events(job_id): after}, count=count, block=block_ms)
             rows = res[0][1] if res else []
-        return [(rid.decode(), {"id": rid.decode(), **json.loads(f[b"e"])}) for rid, f in rows]
+        return [(rid.decode(), {"id": rid.decode(), **orjson.loads(f[b"e"])}) for rid, f in rows]
 
     async def read_raw(self, job_id: str, after: str, count: int = 1000, block_ms: int | None = None) -> list[tuple[str, str, str]]:
         """Like :meth:`read_events` but unparsed: (id, type, json) — the SSE path passes JSON through."""

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import TypeAdapter
+from pydantic_core import from_json
 
 from .models.events import JobEvent
 
@@ -29,7 +29,7 @@ class SSEDecoder:
                 data = "\n".join(self._data)
                 if self._id is not None:
                     self.last_id = self._id
-                body = json.loads(data)
+                body = from_json(data)
                 if self._id is not None:
                     body.setdefault("id", self._id)
                 yield _event_adapter.validate_python(body)

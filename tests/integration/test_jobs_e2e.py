@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 
 import httpx
@@ -114,3 +115,22 @@ async def test_async_event_types_filter(api_url: str) -> None:
         seen = [e.type async for e in job.stream(types=["status"])]
         assert set(seen) == {"status", "result"} and seen[-1] == "result"
         assert (await job.wait()).status.value == "succeeded"
+
+
+def test_a_long_result_reads_back_bit_for_bit_through_get_the_event_page_and_sse(client: zoserve.Client) -> None:
+    """x_best of 50 000 floats: the API parses stored JSON with orjson and writes pages with pydantic, the SDK
+    parses with pydantic-core (not the stdlib's ``json``, ~7× slower on long float arrays); none may round."""
+    from tests.support.chaos import reference_run
+
+    x0 = [((i * 7919) % 10007) / 10007 * math.pi for i in range(50_000)]  # many distinct, non-round floats
+    spec = {"algorithm": "zo-sgd", "config": {"q": 2, "lr": 1e-3}, "budget": {"max_steps": 3}, "seed": 3, "x0": x0,
+            "objective": {"kind": "builtin", "function": "sphere", "dim": 50_000}}
+    want = reference_run(spec)[0]["x_best"]
+    job = client.jobs.create(spec)
+    streamed = [e for e in job.stream() if isinstance(e, ResultEvent)]
+    page = client.jobs.poll_events(job.id, after="0", limit=100)
+    paged = [e for e in page.items if isinstance(e, ResultEvent)]
+    got = client.jobs.get(job.id).result
+    assert got is not None and len(streamed) == len(paged) == 1
+    assert got.x_best == streamed[0].result.x_best == paged[0].result.x_best == want
+    assert len(set(want)) > 1000

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from fastapi.sse import EventSourceResponse
 from starlette.responses import Response
 
@@ -62,7 +62,7 @@ async def job_events(
         terminal = any(ev["type"] in TERMINAL_TYPES for ev in items)
         done = terminal or (len(rows) < limit and JobStatus(job["status"]).terminal and not rows)
         page = EventPage.model_validate({"items": items, "last_id": rows[-1][0] if rows else after, "done": done})
-        return JSONResponse(page.model_dump(mode="json"))
+        return Response(page.model_dump_json(), media_type="application/json")  # pydantic's serialiser, not json.dumps
     start = last_event_id or "0"
     if start != "0" and not _valid_id(start):
         raise Unprocessable("Last-Event-ID must be a stream id like 1700000000000-0")
