@@ -5,6 +5,8 @@ written, with the command, its wall time and the machine, to ``bench/out/results
 summary table (bench, ratio, target, met?) ends the run. Exit status 1 if a bench failed or
 printed no JSON (a target not met is not a failure).
 
+``result_read`` (reading a finished high-dimensional job back) has no target in the issue; its
+own is that the SDK's typed read is no slower than ``httpx.get(...).json()``.
 The algorithm benches (ranksgd, fzoos, zo_ae_ds; scaleout with ``--scaleout``) run with
 ``--quick`` (fewer seeds, steps, points or jobs; same code) unless ``--full``; the others run
 with their defaults. ``make bench`` runs this; on the 2-core VM the set costs about 7 min of
@@ -43,6 +45,7 @@ SUITE = (
     Bench("events_latency", "<="),
     Bench("engine", "<="),
     Bench("api_load", ">="),
+    Bench("result_read", ">="),
     Bench("ranksgd", "<=", ("--quick",)),
     Bench("fzoos", "<=", ("--quick",)),
     Bench("zo_ae_ds", ">=", ("--quick",)),
