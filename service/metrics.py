@@ -12,7 +12,7 @@ reports the same numbers (aggregate them with ``max``, not ``sum``).
 * ``zoserve_workers_alive``, ``zoserve_worker_heartbeat_age_seconds{worker}`` — from ``zo:workers``.
 * ``zoserve_objective_latency_seconds`` (histogram) and ``zoserve_queries_total`` — workers
   accumulate per-step objective latency in a :class:`LatencyRecorder` (a few list increments per
-  step) and push it with one pipelined HINCRBY round trip from their flush thread at most once a
+  awaited evaluation; adapters computed in the step add only their queries, once a flush) and push it with one pipelined HINCRBY round trip from their flush thread at most once a
   second (``LATENCY_KEY``). ``rate(zoserve_queries_total[1m])`` is queries/s.
 """
 
@@ -64,9 +64,13 @@ class LatencyRecorder:
         self.n += 1
         self.queries += queries
 
+    def add_queries(self, queries: int) -> None:
+        """Count queries answered without a latency sample (adapters computed in the step, e.g. builtin functions)."""
+        self.queries += queries
+
     def take(self, force: bool = False) -> dict[str, float] | None:
         """The increments since the last take, or None when empty or (unless ``force``) not yet due."""
-        if self.n == 0 or not (force or time.monotonic() - self._last >= PUSH_SECONDS):
+        if (self.n == 0 and self.queries == 0) or not (force or time.monotonic() - self._last >= PUSH_SECONDS):
             return None
         out: dict[str, float] = {f"b{i}": c for i, c in enumerate(self.counts) if c}
         out.update(count=self.n, sum=self.total, queries=self.queries)

@@ -195,6 +195,7 @@ class RedisSink:
         self._inflight: Future[int] | None = None
         self.latency = LatencyRecorder()  # objective latency for /metrics, pushed with the flushes
         self.observe = self.latency.observe
+        self.count_queries = self.latency.add_queries
         self._done = threading.Event()  # a step longer than the lease must not look like a dead segment
         threading.Thread(target=self._keep_lease, name="zoserve-lease", daemon=True).start()
 

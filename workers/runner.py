@@ -194,6 +194,8 @@ async def run_segment(algo: Algorithm, state: dict[str, Any], objective: Objecti
     on_device = getattr(objective, "on_device", False)
     ask, tell, evaluate, progress = algo.ask, algo.tell, objective.evaluate, sink.progress
     evaluate_now = getattr(objective, "evaluate_now", None)  # adapters that never wait: no coroutine per step
+    # their queries reach /metrics as one count per hand-over, not one latency sample per step
+    count_queries = getattr(sink, "count_queries", None) if evaluate_now is not None else None
     rows: list[ProgressRow] = []  # progress since the last flush, handed to the sink in one call
     log = rows.append
     t0 = last_flush = time.monotonic()
@@ -219,10 +221,16 @@ async def run_segment(algo: Algorithm, state: dict[str, Any], objective: Objecti
             log(row)
             tally.published_step = tally.step
 
+    counted = tally.queries  # the segment's queries already given to count_queries
+
     def publish() -> None:
+        nonlocal counted
         if rows:
             progress(rows.copy())
             rows.clear()
+        if count_queries is not None and tally.queries > counted:
+            count_queries(tally.queries - counted)
+            counted = tally.queries
 
     try:
         if sink.cancelled():

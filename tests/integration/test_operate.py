@@ -82,6 +82,15 @@ def test_metrics_report_jobs_queues_workers_and_objective_latency(client: zoserv
     assert after[key("zoserve_jobs_truncated")] == 0
 
 
+def test_metrics_count_the_queries_of_objectives_computed_in_the_step(client: zoserve.Client, api_url: str) -> None:
+    """Builtin functions answer in the step (no latency sample each): their queries still reach the counter."""
+    key = ("zoserve_queries_total", ())
+    before = scrape(api_url).get(key, 0.0)
+    job = client.jobs.create(spec(40, 0.0)).wait()
+    assert job.result is not None and job.result.queries == 40 * 3  # q+1 = 3 points per step
+    wait_until(lambda: scrape(api_url).get(key, 0.0) - before >= job.result.queries, timeout=10)
+
+
 def test_job_count_is_capped_and_says_so(redis_server: EmbeddedRedis, client: zoserve.Client,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     client.jobs.create(spec(5, 0.0)).wait()

@@ -94,13 +94,22 @@ class ObservingSink(MemorySink):
         super().__init__()
         self.samples: list[tuple[float, int]] = []
 
+        self.counted: list[int] = []
+
     def observe(self, seconds: float, queries: int) -> None:
         self.samples.append((seconds, queries))
 
+    def count_queries(self, queries: int) -> None:
+        self.counted.append(queries)
 
-def test_objective_latency_is_sampled_for_awaited_evaluations_only() -> None:
+
+def test_objective_latency_is_sampled_for_awaited_evaluations_and_every_query_is_counted() -> None:
     fast, slow = ObservingSink(), ObservingSink()
-    run(BuiltinObjective("sphere", 4), fast, max_steps=5)  # computed in the step: its time is the step's
+    res = run(BuiltinObjective("sphere", 4), fast, max_steps=5, flush_seconds=0.0)  # computed in the step
     run(BuiltinObjective("sphere", 4, latency_ms=2.0), slow, max_steps=5)
-    assert fast.samples == []
+    assert fast.samples == [] and fast.counted == [4] * 5 and sum(fast.counted) == res.tally.queries
     assert [q for _, q in slow.samples] == [4] * 5 and all(s >= 0.002 for s, _ in slow.samples)
+    assert slow.counted == []  # its queries came with the latency samples
+    once = ObservingSink()
+    run(BuiltinObjective("sphere", 4), once, max_steps=5, flush_seconds=3600.0)
+    assert once.counted == [20]  # one count when the segment ends
