@@ -11,9 +11,10 @@ reports the same numbers (aggregate them with ``max``, not ``sum``).
   ``zoserve_broker_unacked`` — messages taken by workers and not yet acked (incl. countdowns).
 * ``zoserve_workers_alive``, ``zoserve_worker_heartbeat_age_seconds{worker}`` — from ``zo:workers``.
 * ``zoserve_objective_latency_seconds`` (histogram) and ``zoserve_queries_total`` — workers
-  accumulate per-step objective latency in a :class:`LatencyRecorder` (a few list increments per
-  awaited evaluation; adapters computed in the step add only their queries, once a flush) and push it with one pipelined HINCRBY round trip from their flush thread at most once a
-  second (``LATENCY_KEY``). ``rate(zoserve_queries_total[1m])`` is queries/s.
+  accumulate objective latency in a :class:`LatencyRecorder` (a few list increments per awaited
+  evaluation; adapters computed in the step add only their queries, once a flush) and push it with
+  one pipelined HINCRBY round trip from their flush thread at most once a second (``LATENCY_KEY``).
+  ``rate(zoserve_queries_total[1m])`` is queries/s.
 """
 
 from __future__ import annotations

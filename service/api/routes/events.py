@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import Response
 from fastapi.sse import EventSourceResponse
 from starlette.responses import Response
 
