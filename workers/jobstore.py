@@ -69,10 +69,9 @@ class ProgressRun:
 def progress_field(events: list[tuple[str, Any]]) -> dict[str, str]:
     """``{"progress": tally}`` of the last progress event given as a dict (or ending a run), or ``{}``."""
     for kind, ev in reversed(events):
-        if kind == "progress" and isinstance(ev, ProgressRun):
-            ev = ev.last
-        if kind == "progress" and isinstance(ev, dict):
-            return {"progress": dumps({k: ev[k] for k in PROGRESS_KEYS})}
+        last = ev.last if isinstance(ev, ProgressRun) else ev
+        if kind == "progress" and isinstance(last, dict):
+            return {"progress": dumps({k: last[k] for k in PROGRESS_KEYS})}
     return {}
 
 
