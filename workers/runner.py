@@ -17,7 +17,7 @@ import orjson
 import torch
 from torch import Tensor
 
-from workers.algorithms.base import Algorithm, Query
+from workers.algorithms.base import Algorithm, Answer, Query
 from workers.objectives.base import Evaluation, Objective, Pending
 
 
@@ -94,18 +94,18 @@ class Tally:
         kw = {k[4:]: v for k, v in state.items() if k.startswith("run.")}
         return cls(**kw)
 
-    def record(self, ev: Evaluation, value: float | None, x: Tensor, extra: dict[str, Any]) -> ProgressRow:
+    def record(self, queries: int, failed: int, evaluations: int, value: float | None, shown: float | None,
+               x: Tensor, extra: dict[str, Any]) -> ProgressRow:
         """Count one told step and return its progress row, timed now. ``value`` is the algorithm's f(x) at
         ``x``; without one (rankings: the algorithm cannot know values) its iterate ``x`` is its answer and
-        the adapter's monitor is shown."""
+        ``shown`` (the adapter's monitor) is what progress shows."""
         self.step += 1
-        self.queries += ev.queries
-        self.failed += ev.failed
-        self.evaluations += ev.evaluations or ev.queries
+        self.queries += queries
+        self.failed += failed
+        self.evaluations += evaluations
         if value is None:
             self.x_best = x
-            value = ev.monitor
-            self.value = value
+            self.value = value = shown
             if value is not None and (self.best_value is None or value < self.best_value):
                 self.best_value = value
         else:
@@ -193,9 +193,9 @@ async def run_segment(algo: Algorithm, state: dict[str, Any], objective: Objecti
     observe = getattr(sink, "observe", None)  # optional: (seconds, queries) per awaited evaluation, for /metrics
     on_device = getattr(objective, "on_device", False)
     ask, tell, evaluate, progress = algo.ask, algo.tell, objective.evaluate, sink.progress
-    evaluate_now = getattr(objective, "evaluate_now", None)  # adapters that never wait: no coroutine per step
+    values_now = getattr(objective, "values_now", None)  # adapters that never wait: no coroutine per step
     # their queries reach /metrics as one count per hand-over, not one latency sample per step
-    count_queries = getattr(sink, "count_queries", None) if evaluate_now is not None else None
+    count_queries = getattr(sink, "count_queries", None) if values_now is not None else None
     rows: list[ProgressRow] = []  # progress since the last flush, handed to the sink in one call
     log = rows.append
     t0 = last_flush = time.monotonic()
@@ -210,13 +210,20 @@ async def run_segment(algo: Algorithm, state: dict[str, Any], objective: Objecti
         tally.elapsed = elapsed0 + (time.monotonic() - t0)
         return SegmentResult(outcome, {**algo_state, **tally.to_state()}, tally, reason, **kw)
 
-    def told(query: Query, ev: Evaluation) -> None:
+    def told(query: Query, answer: Answer, queries: int, failed: int = 0, evaluations: int = 0,
+             shown: float | None = None) -> None:
+        """Tell the algorithm and count the step. Takes an :class:`Evaluation`'s fields in order, so
+        ``told(query, *ev)``; ``evaluations`` 0 means one per query."""
         nonlocal algo_state
-        algo_state, info = tell(algo_state, query, ev.answer)
+        algo_state, info = tell(algo_state, query, answer)
         value = info.value
-        if value is None and ev.monitor is None and monitor is not None:
-            ev = ev._replace(monitor=monitor(algo.x_of(algo_state)))
-        row = tally.record(ev, value, info.x if value is not None else algo.x_of(algo_state), info.extra)
+        if value is None:
+            x = algo.x_of(algo_state)
+            if shown is None and monitor is not None:
+                shown = monitor(x)
+        else:
+            x = info.x
+        row = tally.record(queries, failed, evaluations or queries, value, shown, x, info.extra)
         if tally.step > tally.published_step:
             log(row)
             tally.published_step = tally.step
@@ -239,7 +246,7 @@ async def run_segment(algo: Algorithm, state: dict[str, Any], objective: Objecti
             query = ask(algo_state)
             if answer is None:
                 return result(Outcome.WAITING, "waiting for an answer", query=query)
-            told(query, objective.resolve(host_query(query, objective), answer))
+            told(query, *objective.resolve(host_query(query, objective), answer))
             tally.pending = ""
 
         while True:
@@ -253,8 +260,8 @@ async def run_segment(algo: Algorithm, state: dict[str, Any], objective: Objecti
             if tally.step >= max_steps or tally.queries + cost > max_queries:
                 return result(Outcome.DONE, budget_reason(tally, limits, cost) or "budget reached")
             asked = query if on_device else host_query(query, objective)
-            if evaluate_now is not None:  # computed here and now: its time is the step's, not an objective latency
-                ev = evaluate_now(asked)
+            if values_now is not None:  # computed here and now (its time is the step's, not an objective
+                told(query, Answer(values=values_now(asked.points)), cost)  # latency), a query per point
             else:
                 t_eval = time.perf_counter()
                 ev = await evaluate(asked)
@@ -263,7 +270,7 @@ async def run_segment(algo: Algorithm, state: dict[str, Any], objective: Objecti
                     return result(Outcome.WAITING, "waiting for an answer", query=query, pending=ev)
                 if observe is not None:
                     observe(time.perf_counter() - t_eval, ev.queries)
-            told(query, ev)
+                told(query, *ev)
             if now - last_flush >= limits.flush_seconds:
                 last_flush = now
                 publish()

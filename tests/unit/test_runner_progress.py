@@ -80,9 +80,9 @@ def test_a_failing_objective_still_delivers_the_steps_before_it() -> None:
 
 def test_builtin_objectives_answer_without_the_event_loop_unless_they_simulate_latency() -> None:
     fast, slow = BuiltinObjective("sphere", 4), BuiltinObjective("sphere", 4, latency_ms=1.0)
-    assert fast.evaluate_now is not None and slow.evaluate_now is None
+    assert fast.values_now is not None and slow.values_now is None
     q = Query(points=torch.zeros(2, 4, dtype=torch.float64))
-    assert fast.evaluate_now(q).answer.values.tolist() == asyncio.run(slow.evaluate(q)).answer.values.tolist() == [0.0, 0.0]
+    assert fast.values_now(q.points).tolist() == asyncio.run(slow.evaluate(q)).answer.values.tolist() == [0.0, 0.0]
     res = run(slow, MemorySink(), max_steps=3)
     assert res.tally.step == 3  # the async path still runs the loop
 

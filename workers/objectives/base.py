@@ -10,8 +10,10 @@ Contract (run against every adapter by ``tests/contract/test_objectives.py``):
   answer comes later from outside: a client program or a person). It never returns NaN or
   inf values: it raises :class:`ObjectiveInvalid` instead, or substitutes the configured
   penalty and counts the point as failed.
-* ``evaluate_now(query)`` (optional, sync): the same answer for adapters that never wait (builtin
-  functions); the runner then skips a coroutine per step. ``None`` or absent: ``evaluate`` is used.
+* ``values_now(points)`` (optional, sync): the checked values (one float64 per point) for adapters of
+  value queries that never wait nor fail a point (builtin functions). The runner then builds neither a
+  coroutine nor an :class:`Evaluation` per step and charges one query per point. ``None`` or absent:
+  ``evaluate`` is used.
 * ``resolve(query, payload)`` turns an answer posted through the API into an
   :class:`Evaluation`; only adapters that return :class:`Pending` implement it.
 * ``Evaluation.queries`` is what the step costs against ``budget.max_queries``.

@@ -82,8 +82,8 @@ class BuiltinObjective:
         self.fn = FUNCTIONS[function]
         self.function, self.dim, self.noise, self.seed = function, dim, noise, seed
         self.latency_s = latency_ms / 1000.0  # simulated I/O wait (scale-out tests); 0 = none
-        # the runner's path without the event loop; a simulated wait needs it
-        self.evaluate_now: Callable[[Query], Evaluation] | None = self.answer if self.latency_s == 0 else None
+        # the runner's path without the event loop or an Evaluation per step; a simulated wait needs both
+        self.values_now: Callable[[Tensor], Tensor] | None = self.checked_values if self.latency_s == 0 else None
 
     def default_x0(self) -> Tensor:
         return default_x0(self.function, self.dim)
@@ -95,11 +95,12 @@ class BuiltinObjective:
             out = out + self.noise * noise.to(out.device)
         return out
 
-    def answer(self, query: Query) -> Evaluation:
+    def checked_values(self, points: Tensor) -> Tensor:
         """Every point's value, checked (float64, one per point by construction: finiteness is what can fail)."""
-        points = query.points
-        n = points.shape[0]
-        return Evaluation(Answer(values=check_finite(self.values(points), n)), n)
+        return check_finite(self.values(points), points.shape[0])
+
+    def answer(self, query: Query) -> Evaluation:
+        return Evaluation(Answer(values=self.checked_values(query.points)), query.points.shape[0])
 
     async def evaluate(self, query: Query) -> Evaluation:
         if self.latency_s > 0:
