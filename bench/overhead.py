@@ -17,7 +17,7 @@ process of its own, as deployed (``--api thread`` puts it in this process, as be
 two gave the same ratios). Two diagnostics follow the table: the job's fixed costs from its events'
 times, and the Python opcodes per step of the bare loop and of the runner (a count, not a timing).
 
-    python bench/overhead.py [--steps 5000] [--rounds 11] [--no-control] [--api process|thread]
+    python bench/overhead.py [--steps 5000] [--rounds 21] [--no-control] [--api process|thread]
 """
 
 from __future__ import annotations
@@ -197,7 +197,7 @@ def via_service_streaming(client: "zoserve.Client", steps: int) -> float:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, default=5000, help="steps per job (and per in-process run)")
-    p.add_argument("--rounds", type=int, default=11, help="alternating rounds; the medians count")
+    p.add_argument("--rounds", type=int, default=21, help="alternating rounds; the medians count")
     p.add_argument("--segment-seconds", type=float, default=2.0)
     p.add_argument("--no-control", action="store_true", help="skip the in-process run beside a busy core")
     p.add_argument("--api", choices=["process", "thread"], default="process",
