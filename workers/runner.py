@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from workers.algorithms.base import Algorithm, Answer, Query
-from workers.objectives.base import Evaluation, Objective, Pending
+from workers.objectives.base import Objective, Pending
 
 
 class Outcome(str, enum.Enum):

@@ -83,7 +83,7 @@ class BuiltinObjective:
         self.function, self.dim, self.noise, self.seed = function, dim, noise, seed
         self.latency_s = latency_ms / 1000.0  # simulated I/O wait (scale-out tests); 0 = none
         # the runner's path without the event loop or an Evaluation per step; a simulated wait needs both
-        self.values_now: Callable[[Tensor], Tensor] | None = self.checked_values if self.latency_s == 0 else None
+        self.values_now: Fn | None = self.checked_values if self.latency_s == 0 else None
 
     def default_x0(self) -> Tensor:
         return default_x0(self.function, self.dim)
