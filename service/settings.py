@@ -34,7 +34,7 @@ class Settings(BaseSettings):
     public_url: str = Field("http://127.0.0.1:8000", description="Base URL printed in links (Location, events_url).")
     segment_seconds: float = Field(2.0, gt=0, le=300, description="Wall time a worker runs one job segment before requeueing it.")
     lease_seconds: int = Field(60, ge=5, le=3600, description="TTL of a segment's lease on its job; renewed while it runs.")
-    flush_seconds: float = Field(0.05, gt=0, le=5, description="Progress events are written to Redis, and cancels looked at, at least this often.")
+    flush_seconds: float = Field(0.25, gt=0, le=5, description="Progress events are written to Redis, and cancels looked at, at least this often.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where a worker runs algorithms and local objectives: auto = cuda when torch sees a GPU, else cpu.")
     segment_max_retries: int = Field(5, ge=0, le=100, description="Retries of a segment after transient objective errors.")
     visibility_timeout: int = Field(300, ge=5, description="Seconds before Redis redelivers an unacknowledged task.")

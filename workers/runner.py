@@ -65,7 +65,7 @@ class Limits:
     max_queries: int | None = None
     max_seconds: float | None = None
     segment_seconds: float = float("inf")
-    flush_seconds: float = 0.05
+    flush_seconds: float = 0.25  # 4 writes a second: fewer cross-process wake-ups (bench/RESULTS.md, session 10)
 
 
 @dataclass
