@@ -65,7 +65,7 @@ class Limits:
     max_queries: int | None = None
     max_seconds: float | None = None
     segment_seconds: float = float("inf")
-    flush_seconds: float = 0.25  # 4 writes a second: fewer cross-process wake-ups (bench/RESULTS.md, session 10)
+    flush_seconds: float = 0.25  # as Settings.flush_seconds; fewer writes, fewer wake-ups (bench/RESULTS.md, flush interval)
 
 
 @dataclass
